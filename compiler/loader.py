@@ -211,7 +211,10 @@ def _check(model: onnx.ModelProto, source: str) -> None:
         elif source != "model":
             onnx.checker.check_model(source, full_check=True)
     except Exception as exc:
-        raise ModelLoadError(f"{source} failed the ONNX checker: {_short(exc)}") from exc
+        problems = [_short(exc)] + [
+            f"unsupported {u['domain'] or 'ai.onnx'}::{u['op']} (opset {u['opset']}) used by {_names(u['nodes'])}"
+            for u in find_unsupported(model)]
+        raise ModelLoadError(f"{source} failed the ONNX checker", problems) from exc
 
 
 def _fmt_shape(dims) -> str:

@@ -1,3 +1,8 @@
 """Op lowerings, one module per family; importing this package registers them all."""
 
-from compiler.ops import elementwise, shape  # noqa: F401
+import importlib
+import pkgutil
+
+# Every module in this package registers its lowerings on import (protocol_nodes lowers cipherdm's own domain).
+for _info in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_info.name}")

@@ -1,0 +1,1 @@
+"""cipherdm passes."""

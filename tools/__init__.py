@@ -1,0 +1,1 @@
+"""cipherdm command line and benchmarks."""
