@@ -1,0 +1,217 @@
+"""ONNX -> (MPC rewrites) -> JAX -> StableHLO -> SPU executable.
+
+:func:`compile_model` does the whole chain and returns a :class:`CompiledProgram`, everything the artifact
+(``compiler.artifact``) stores plus the model owner's weights, which are kept apart.
+
+The program's arguments are the model inputs (in graph order) followed by the weights (float initializers, in
+initializer order); SPU maps executable input names to arguments by position, so the names are the ONNX names.
+Each argument has a role:
+
+* ``user``: a secret input of the user (the default for model inputs); the user also receives every output.
+* ``public``: an input every party knows (``--public NAME``; for diffusion the timestep). Not secret-shared.
+* ``model_owner``: a weight, secret-shared by the model owner.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import jax
+import numpy as np
+import onnx
+
+from compiler.errors import CipherdmError
+from compiler.lowering import LoweredModel, TensorSpec, is_weight, lower
+from runtime.spu_config import SecureConfig, compiler_options
+
+USER, PUBLIC, MODEL_OWNER = "user", "public", "model_owner"
+ROLES = (USER, PUBLIC, MODEL_OWNER)
+REWRITE_MODES = ("direct", "cipherdm")
+
+
+class CompileError(CipherdmError):
+    """The model could not be compiled to an SPU program."""
+
+
+@dataclass(frozen=True)
+class ArgSpec:
+    """One argument of the program: a model input or a weight."""
+    name: str
+    shape: tuple[int, ...]
+    dtype: str          # as the ONNX graph declares it
+    program_dtype: str  # what the traced program receives (jax without x64: int64 -> int32, float64 -> float32)
+    role: str
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype,
+                "program_dtype": self.program_dtype, "role": self.role}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "ArgSpec":
+        return cls(d["name"], tuple(int(x) for x in d["shape"]), d["dtype"], d["program_dtype"], d["role"])
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    receiver: str = USER
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "receiver": self.receiver}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "OutputSpec":
+        return cls(d["name"], tuple(int(x) for x in d["shape"]), d["dtype"], d.get("receiver", USER))
+
+
+@dataclass
+class RewriteResult:
+    model: onnx.ModelProto
+    report: dict
+    config: SecureConfig
+
+
+def rewrite_for_mpc(model: onnx.ModelProto, config: SecureConfig, mode: str = "cipherdm") -> RewriteResult:
+    """The hook where the MPC rewrite passes plug in.
+
+    Takes the loaded, shape-inferred model and returns the model to lower, the rewrite report (JSON data: one
+    entry per decision in ``report["rewrites"]``) and the SPU configuration, which passes may tune per model
+    (``config.with_runtime(fxp_exp_iters=...)``, ``config.with_compiler(...)``): the tuned configuration is
+    recorded in the manifest and used by every party. ``mode == "direct"`` compiles the graph as it is, the
+    baseline every rewrite is measured against.
+    """
+    if mode not in REWRITE_MODES:
+        raise CompileError(f"unknown rewrite mode '{mode}'", [f"choose one of {', '.join(REWRITE_MODES)}"])
+    # No passes exist yet: both modes compile the same graph.
+    return RewriteResult(model, {"mode": mode, "rewrites": []}, config)
+
+
+@dataclass
+class CompiledProgram:
+    name: str
+    config: SecureConfig
+    rewrites: str
+    args: list[ArgSpec]
+    outputs: list[OutputSpec]
+    executable: bytes       # serialized libspu.Executable
+    stablehlo: str
+    onnx_graph: bytes       # the lowered ONNX model, weights removed (they are graph inputs instead)
+    report: dict
+    weights: dict[str, np.ndarray]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def arg_roles(lowered: LoweredModel, public: list[str] | tuple[str, ...] = ()) -> list[ArgSpec]:
+    """Arguments with their roles; every bad ``--public`` name is reported at once."""
+    input_names = [s.name for s in lowered.inputs]
+    weight_names = {s.name for s in lowered.weight_specs}
+    problems = []
+    for name in public:
+        if name in weight_names:
+            problems.append(f"--public {name}: '{name}' is a weight, and weights are the model owner's secret")
+        elif name not in input_names:
+            problems.append(f"--public {name}: no input of that name (inputs: {', '.join(input_names)})")
+    if problems:
+        raise CompileError("bad --public", problems)
+    specs = [_arg(s, PUBLIC if s.name in public else USER) for s in lowered.inputs]
+    return specs + [_arg(s, MODEL_OWNER) for s in lowered.weight_specs]
+
+
+def _arg(spec: TensorSpec, role: str) -> ArgSpec:
+    return ArgSpec(spec.name, tuple(spec.shape), spec.dtype, np.dtype(spec.jax_spec().dtype).name, role)
+
+
+def visibilities(args: list[ArgSpec]):
+    from spu import libspu
+    return [libspu.Visibility.VIS_PUBLIC if a.role == PUBLIC else libspu.Visibility.VIS_SECRET for a in args]
+
+
+def stablehlo_text(lowered: LoweredModel) -> str:
+    # keep_unused: SPU maps arguments by position, so an unused input must stay an argument.
+    return jax.jit(lowered.fn, keep_unused=True).lower(*lowered.arg_specs()).as_text()
+
+
+def compile_stablehlo(text: str, args: list[ArgSpec], config: SecureConfig) -> bytes:
+    """StableHLO text -> SPU pphlo code (the bytes an Executable carries)."""
+    from spu import api, libspu
+
+    src = libspu.CompilationSource(libspu.SourceIRType.STABLEHLO, text, visibilities(args))
+    try:
+        return api.compile(src, compiler_options(config))
+    except Exception as exc:
+        raise CompileError("SPU could not compile the program", [_short(exc)]) from exc
+
+
+def build_executable(name: str, input_names: list[str], output_names: list[str], code: bytes):
+    from spu import libspu
+    return libspu.Executable(name, list(input_names), list(output_names), code)
+
+
+def strip_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy without weight values: each float initializer becomes a graph input of the same type and shape."""
+    stripped = onnx.ModelProto()
+    stripped.CopyFrom(model)
+    kept, weight_inputs = [], []
+    for init in stripped.graph.initializer:
+        if is_weight(init):
+            weight_inputs.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+        else:
+            kept.append(init)
+    stripped.graph.ClearField("initializer")
+    stripped.graph.initializer.extend(kept)
+    existing = {i.name for i in stripped.graph.input}
+    stripped.graph.input.extend(v for v in weight_inputs if v.name not in existing)
+    return stripped
+
+
+def compile_model(model: onnx.ModelProto | str, *, input_shapes=None, public=(), rewrites: str = "cipherdm",
+                  config: SecureConfig | None = None, name: str | None = None) -> CompiledProgram:
+    """Load (a path or a ModelProto, with compiler.load_model), rewrite, lower and compile.
+
+    ``public`` names the inputs every party knows; ``rewrites`` is "direct" (no MPC rewrites) or "cipherdm".
+    """
+    from compiler.loader import load_model
+
+    timings = {}
+    start = time.perf_counter()
+    prepared = load_model(model, input_shapes)
+    if name is None:
+        name = (model.graph.name or "model") if isinstance(model, onnx.ModelProto) else _stem(str(model))
+    timings["load"] = time.perf_counter() - start
+
+    config = config or SecureConfig()
+    rewritten = rewrite_for_mpc(prepared, config, rewrites)
+    config = rewritten.config
+    timings["rewrite"] = time.perf_counter() - start - timings["load"]
+
+    t = time.perf_counter()
+    lowered = lower(rewritten.model)
+    args = arg_roles(lowered, list(public))
+    text = stablehlo_text(lowered)
+    timings["lower"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    code = compile_stablehlo(text, args, config)
+    outputs = [OutputSpec(o.name, tuple(o.shape), o.dtype) for o in lowered.outputs]
+    exe = build_executable(name, [a.name for a in args], [o.name for o in outputs], code)
+    timings["spu_compile"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - start
+    return CompiledProgram(
+        name=name, config=config, rewrites=rewrites, args=args, outputs=outputs,
+        executable=exe.SerializeToString(), stablehlo=text,
+        onnx_graph=strip_weights(rewritten.model).SerializeToString(), report=rewritten.report,
+        weights={k: np.asarray(v) for k, v in lowered.weights.items()}, timings=timings)
+
+
+def _stem(path: str) -> str:
+    import os
+    base = os.path.basename(path)
+    return base[:-5] if base.endswith(".onnx") else base
+
+
+def _short(exc: Exception, limit: int = 600) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
