@@ -425,8 +425,8 @@ def render_op_report(fixtures_dir: Path) -> str:
     lines += ["ONNX schema versions in use (schema since: model opsets), what a registry key `(op, since)` must "
               "cover:", ""]
     for (domain, op), versions in sorted(schemas.items(), key=lambda kv: (kv[0][0], kv[0][1].lower())):
-        body = "; ".join(f"{since}: {', '.join(map(str, sorted(opsets)))}"
-                         for since, opsets in sorted(versions.items(), key=lambda kv: (isinstance(kv[0], str), str(kv[0]).zfill(4))))
+        ordered = sorted(versions.items(), key=lambda kv: (isinstance(kv[0], str), str(kv[0]).zfill(4)))
+        body = "; ".join(f"{since}: {', '.join(map(str, sorted(opsets)))}" for since, opsets in ordered)
         lines.append(f"- `{op if not domain else domain + '::' + op}`: {body}")
     lines.append("")
 
