@@ -1,0 +1,686 @@
+"""One compute party: link, handshake, input sharing, secure run, reveal; and the session a sampler reuses.
+
+Two levels:
+
+``PartySession`` (reusable building block; one per process and rank)::
+
+    session = PartySession(rank, parties, config, log_path="party0.spu.log")
+    session.connect()                                  # brpc mesh + heartbeats
+    session.handshake(hello(artifact, exe, parties))   # refuse a program that differs anywhere
+    session.share_secret("w", w_or_None, owner=1)      # owner makes 3 shares, keeps one, sends two
+    session.share_public("t", t_or_None, source=0)     # source sends the plain value; all make it locally
+    prof = session.run(exe)                            # outputs stay secret in this party's runtime
+    session.rename("noise_pred", "eps")                # local, no traffic: chain programs on shares
+    out = session.reveal(["y"], to=0)                  # others send their shares; dict on rank 0, else None
+    session.close()
+
+  A value lives in the SPU runtime (``session.runtime``) under its name until deleted, so a sampler shares the
+  weights once, runs one compiled U-Net step per timestep with x_t kept secret between steps, and reveals only
+  the final image. ``run`` returns that execution's :class:`runtime.spu_profile.PartyProfile` (per-op cost and
+  link totals read from this party's own SPU log); ``session.traffic`` counts the bytes cipherdm itself sent
+  (handshake, shares, reveals), which SPU's link totals do not include.
+
+``run_party(rank, parties, artifact_path, weights=..., inputs=..., output=...)``
+    The whole life of one party for ``cipherdm party`` and each process of ``cipherdm run --mode local``.
+
+Failure handling: every party sends a heartbeat on a sub-link every second; a party that hears nothing from a
+peer for ``heartbeat_timeout_s`` (default 15 s) reports it by rank, role and address and exits, even while SPU
+is blocked inside a protocol step (see :class:`Heartbeat`). SPU's own receive timeout (``recv_timeout_s``,
+default 300 s) only backs that up, so a slow step is not mistaken for a dead peer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import struct
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from compiler.errors import CipherdmError
+from compiler.spu_compile import MODEL_OWNER, PUBLIC, USER
+
+EXIT_PEER_FAILED = 3
+ROLES_WITH_DATA = (USER, MODEL_OWNER)
+
+
+class PartyError(CipherdmError):
+    """A party failed, stopped answering, or the parties disagree."""
+
+
+class HandshakeError(PartyError):
+    """The parties do not run the same program with the same settings."""
+
+
+class ConfigFileError(CipherdmError):
+    """parties.json is missing or malformed."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# parties.json
+
+
+@dataclass
+class TlsConfig:
+    cert: str
+    key: str
+    ca: str | None = None
+
+    def to_json(self) -> dict:
+        return {"cert": self.cert, "key": self.key, "ca": self.ca}
+
+
+@dataclass
+class PartiesConfig:
+    """The three addresses and who is who. ``roles`` maps "user" and "model_owner" to ranks."""
+    addresses: list[str]
+    roles: dict[str, int] = field(default_factory=lambda: {USER: 0, MODEL_OWNER: 1})
+    tls: TlsConfig | None = None
+    connect_timeout_s: float = 60.0
+    recv_timeout_s: float = 300.0
+    heartbeat_interval_s: float = 1.0
+    heartbeat_timeout_s: float = 15.0
+
+    def role_of(self, rank: int) -> list[str]:
+        return [role for role, r in self.roles.items() if r == rank]
+
+    def describe(self, rank: int) -> str:
+        roles = self.role_of(rank)
+        return f"party {rank} ({', '.join(roles) if roles else 'compute only'}, {self.addresses[rank]})"
+
+    def to_json(self) -> dict:
+        data = {"parties": [{"rank": i, "address": a} for i, a in enumerate(self.addresses)],
+                "roles": dict(self.roles), "connect_timeout_s": self.connect_timeout_s,
+                "recv_timeout_s": self.recv_timeout_s, "heartbeat_interval_s": self.heartbeat_interval_s,
+                "heartbeat_timeout_s": self.heartbeat_timeout_s}
+        if self.tls:
+            data["tls"] = self.tls.to_json()
+        return data
+
+    def save(self, path) -> None:
+        from compiler.artifact import atomic_output
+        with atomic_output(path) as tmp:
+            Path(tmp).write_text(json.dumps(self.to_json(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path) -> "PartiesConfig":
+        path = Path(path)
+        if not path.exists():
+            raise ConfigFileError(f"parties file {path} does not exist")
+        try:
+            data = json.loads(path.read_text())
+        except ValueError as exc:
+            raise ConfigFileError(f"parties file {path} is not valid JSON: {exc}") from exc
+        return cls.from_json(data, str(path))
+
+    @classmethod
+    def from_json(cls, data: dict, source: str = "parties.json") -> "PartiesConfig":
+        problems = []
+        parties = data.get("parties") if isinstance(data, dict) else None
+        if not isinstance(parties, list) or len(parties) != 3:
+            raise ConfigFileError(f"{source}: 'parties' must list exactly three parties "
+                                  '(e.g. [{"rank": 0, "address": "10.0.0.1:9100"}, ...])')
+        addresses = [None] * 3
+        for i, p in enumerate(parties):
+            address = p.get("address") if isinstance(p, dict) else p
+            rank = p.get("rank", i) if isinstance(p, dict) else i
+            if not isinstance(rank, int) or not 0 <= rank < 3 or addresses[rank] is not None:
+                problems.append(f"party entry {i}: rank {rank!r} is not 0, 1 or 2, or is repeated")
+            elif not isinstance(address, str) or ":" not in address:
+                problems.append(f"party {rank}: address {address!r} is not HOST:PORT")
+            else:
+                addresses[rank] = address
+        roles = dict(data.get("roles") or {USER: 0, MODEL_OWNER: 1})
+        for role in roles:
+            if role not in ROLES_WITH_DATA:
+                problems.append(f"unknown role '{role}' (roles: {', '.join(ROLES_WITH_DATA)})")
+        for role in ROLES_WITH_DATA:
+            roles.setdefault(role, {USER: 0, MODEL_OWNER: 1}[role])
+            if roles[role] not in (0, 1, 2):
+                problems.append(f"role {role} is mapped to {roles[role]!r}, not a rank 0-2")
+        tls = None
+        if data.get("tls"):
+            t = data["tls"]
+            missing = [k for k in ("cert", "key") if not t.get(k)]
+            if missing:
+                problems.append(f"tls needs {' and '.join(missing)}")
+            else:
+                tls = TlsConfig(t["cert"], t["key"], t.get("ca"))
+                for k, v in tls.to_json().items():
+                    if v and not Path(v).exists():
+                        problems.append(f"tls {k} file {v} does not exist")
+        if problems:
+            raise ConfigFileError(f"{source} is not a valid parties file", problems)
+        kwargs = {k: float(data[k]) for k in ("connect_timeout_s", "recv_timeout_s", "heartbeat_interval_s",
+                                             "heartbeat_timeout_s") if k in data}
+        return cls(addresses, roles, tls, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Messages: a JSON header and binary blobs
+
+
+def pack(header: dict, blobs: list[bytes] = ()) -> bytes:
+    head = json.dumps(header).encode("utf-8")
+    parts = [struct.pack("<QQ", len(head), len(blobs)), head]
+    for blob in blobs:
+        parts += [struct.pack("<Q", len(blob)), blob]
+    return b"".join(parts)
+
+
+def unpack(data: bytes) -> tuple[dict, list[bytes]]:
+    head_len, count = struct.unpack_from("<QQ", data, 0)
+    pos = 16
+    header = json.loads(data[pos:pos + head_len])
+    pos += head_len
+    blobs = []
+    for _ in range(count):
+        (n,) = struct.unpack_from("<Q", data, pos)
+        pos += 8
+        blobs.append(data[pos:pos + n])
+        pos += n
+    return header, blobs
+
+
+def array_to_bytes(a: np.ndarray) -> tuple[dict, bytes]:
+    a = np.ascontiguousarray(a)
+    return {"dtype": a.dtype.str, "shape": list(a.shape)}, a.tobytes()
+
+
+def array_from_bytes(meta: dict, data: bytes) -> np.ndarray:
+    return np.frombuffer(data, dtype=np.dtype(meta["dtype"])).reshape(meta["shape"]).copy()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Heartbeats
+
+
+class Heartbeat:
+    """Liveness of the peers over a sub-link, independent of how long an SPU step takes.
+
+    A sender thread beats every ``interval`` seconds; one receiver thread per peer records when it last heard
+    from it; a watchdog calls ``on_failure(rank, message)`` when a peer is silent for ``timeout`` seconds or its
+    link breaks. A peer that said goodbye (finished normally) is no longer watched.
+    """
+
+    def __init__(self, link, rank: int, world: int, interval: float, timeout: float, on_failure):
+        self.link, self.rank, self.world = link, rank, world
+        self.interval, self.timeout, self.on_failure = interval, timeout, on_failure
+        self.peers = [r for r in range(world) if r != rank]
+        now = time.monotonic()
+        self.last_seen = {r: now for r in self.peers}
+        self.finished: set[int] = set()
+        self.stopped = threading.Event()
+        self.threads = [threading.Thread(target=self._send_loop, name="hb-send", daemon=True),
+                        threading.Thread(target=self._watch, name="hb-watch", daemon=True)]
+        self.threads += [threading.Thread(target=self._recv_loop, args=(r,), name=f"hb-recv{r}", daemon=True)
+                         for r in self.peers]
+
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
+
+    def stop(self) -> None:
+        """Say goodbye to the peers and stop watching."""
+        if self.stopped.is_set():
+            return
+        self.stopped.set()
+        for r in self.peers:
+            try:
+                self.link.send_async(r, b"bye")
+            except Exception:  # noqa: BLE001 - the peer may be gone already; nothing to report at the end
+                pass
+
+    def _send_loop(self) -> None:
+        while not self.stopped.wait(self.interval):
+            for r in self.peers:
+                if r in self.finished:
+                    continue
+                try:
+                    self.link.send_async(r, b"beat")
+                except Exception as exc:  # noqa: BLE001
+                    if not self.stopped.is_set() and r not in self.finished:
+                        self.on_failure(r, f"the link to it broke ({_short(exc)})")
+                        return
+
+    def _recv_loop(self, peer: int) -> None:
+        while not self.stopped.is_set():
+            try:
+                msg = self.link.recv(peer)
+            except Exception as exc:  # noqa: BLE001
+                if not self.stopped.is_set() and peer not in self.finished:
+                    self.on_failure(peer, f"no heartbeat received ({_short(exc, 160)})")
+                return
+            self.last_seen[peer] = time.monotonic()
+            if msg == b"bye":
+                self.finished.add(peer)
+                return
+
+    def _watch(self) -> None:
+        while not self.stopped.wait(min(1.0, self.interval)):
+            now = time.monotonic()
+            for r in self.peers:
+                if r not in self.finished and now - self.last_seen[r] > self.timeout:
+                    self.on_failure(r, f"it stopped answering (no heartbeat for {now - self.last_seen[r]:.0f} s)")
+                    return
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The session
+
+
+@dataclass
+class Traffic:
+    """What cipherdm sent itself, outside SPU's execution (SPU's link totals count only the run)."""
+    send_bytes: int = 0
+    send_actions: int = 0
+
+    def add(self, data: bytes) -> None:
+        self.send_bytes += len(data)
+        self.send_actions += 1
+
+
+class PartySession:
+    def __init__(self, rank: int, parties: PartiesConfig, config=None, *, log_path: str | None = None,
+                 profile: bool = True, on_peer_failure=None):
+        from runtime.spu_config import SecureConfig
+
+        self.rank = rank
+        self.parties = parties
+        self.config = config or SecureConfig()
+        self.world = self.config.world_size
+        self.profile_enabled = profile
+        self.log_path = log_path
+        self._log_offset = 0
+        self.traffic = Traffic()
+        self.link = None
+        self.runtime = None
+        self.heartbeat: Heartbeat | None = None
+        # Called from a heartbeat thread with a message naming the failed peer; must not return normally
+        # while the main thread is blocked in SPU (the default prints and exits the process).
+        self.on_peer_failure = on_peer_failure or self._die
+        self.timings: dict[str, float] = {}
+        if log_path:
+            from runtime.spu_profile import redirect_log
+            Path(log_path).touch()
+            redirect_log(log_path)
+
+    # -- set-up ----------------------------------------------------------------------------------------------
+
+    def describe(self, rank: int | None = None) -> str:
+        return self.parties.describe(self.rank if rank is None else rank)
+
+    def connect(self) -> None:
+        from spu import api, libspu
+        from runtime.spu_config import runtime_config
+
+        start = time.perf_counter()
+        desc = libspu.link.Desc()
+        for r, address in enumerate(self.parties.addresses):
+            desc.add_party(f"party{r}", address)
+        desc.recv_timeout_ms = int(self.parties.recv_timeout_s * 1000)
+        desc.connect_retry_interval_ms = 500
+        desc.connect_retry_times = max(1, int(self.parties.connect_timeout_s / 0.5))
+        desc.http_max_payload_size = 32 << 20
+        if self.parties.tls:
+            _configure_tls(desc, self.parties.tls)
+        try:
+            self.link = libspu.link.create_brpc(desc, self.rank)
+        except Exception as exc:
+            raise PartyError(f"{self.describe()} could not connect to the other parties within "
+                             f"{self.parties.connect_timeout_s:.0f} s", [_short(exc)]) from exc
+        hb_link = self.link.spawn()
+        self.heartbeat = Heartbeat(hb_link, self.rank, self.world, self.parties.heartbeat_interval_s,
+                                   self.parties.heartbeat_timeout_s, self._peer_failed)
+        self.heartbeat.start()
+        self.runtime = api.Runtime(self.link, runtime_config(self.config, profile=self.profile_enabled))
+        self.io = api.Io(self.world, runtime_config(self.config))
+        self.timings["connect"] = time.perf_counter() - start
+
+    def _peer_failed(self, peer: int, reason: str) -> None:
+        self.on_peer_failure(f"{self.describe(peer)} failed: {reason}")
+
+    @staticmethod
+    def _die(message: str) -> None:
+        # SPU may be blocked inside a protocol step waiting for the dead peer: leave without unwinding it.
+        print(f"cipherdm party: error: {message}", file=sys.stderr, flush=True)
+        os._exit(EXIT_PEER_FAILED)
+
+    # -- messages --------------------------------------------------------------------------------------------
+
+    def send(self, peer: int, data: bytes) -> None:
+        self.link.send(peer, data)
+        self.traffic.add(data)
+
+    def recv(self, peer: int) -> bytes:
+        try:
+            return self.link.recv(peer)
+        except Exception as exc:
+            raise PartyError(f"{self.describe()} received nothing from {self.describe(peer)}",
+                             [_short(exc)]) from exc
+
+    def handshake(self, hello: dict) -> None:
+        """Exchange ``hello`` (see :func:`hello`) with every peer; raise if any field differs anywhere."""
+        start = time.perf_counter()
+        mine = pack({"hello": hello})
+        for r in range(self.world):
+            if r != self.rank:
+                self.send(r, mine)
+        problems = []
+        for r in range(self.world):
+            if r != self.rank:
+                theirs = unpack(self.recv(r))[0]["hello"]
+                problems += compare_hello(hello, theirs, self.rank, r)
+        self.timings["handshake"] = time.perf_counter() - start
+        if problems:
+            raise HandshakeError(f"{self.describe()} refuses to run: the parties' programs differ", problems)
+
+    def _send_share(self, peer: int, name: str, share) -> None:
+        self.send(peer, pack({"share": name, "chunks": len(share.share_chunks)}, [share.meta]))
+        for chunk in share.share_chunks:
+            self.send(peer, chunk)
+
+    def _recv_share(self, peer: int, name: str):
+        from spu import libspu
+
+        header, blobs = unpack(self.recv(peer))
+        if header.get("share") != name:
+            raise PartyError(f"{self.describe()} expected the share of '{name}' from {self.describe(peer)} "
+                             f"but got {header}")
+        share = libspu.Share()
+        share.meta = blobs[0]
+        share.share_chunks = [self.recv(peer) for _ in range(header["chunks"])]
+        return share
+
+    def share_secret(self, name: str, value: np.ndarray | None, owner: int) -> None:
+        """Secret-share ``value`` (given on ``owner`` only) into the runtime variable ``name`` on every party."""
+        from spu import libspu
+
+        if self.rank == owner:
+            shares = self.io.make_shares(np.asarray(value), libspu.Visibility.VIS_SECRET)
+            for r in range(self.world):
+                if r != self.rank:
+                    self._send_share(r, name, shares[r])
+            self.runtime.set_var(name, shares[self.rank])
+        else:
+            self.runtime.set_var(name, self._recv_share(owner, name))
+
+    def share_public(self, name: str, value: np.ndarray | None, source: int) -> None:
+        """A public value: ``source`` sends it in the clear, every party encodes it locally (no sharing)."""
+        from spu import libspu
+
+        if self.rank == source:
+            value = np.asarray(value)
+            meta, data = array_to_bytes(value)
+            for r in range(self.world):
+                if r != self.rank:
+                    self.send(r, pack({"public": name, **meta}, [data]))
+        else:
+            header, blobs = unpack(self.recv(source))
+            if header.get("public") != name:
+                raise PartyError(f"{self.describe()} expected public '{name}' from {self.describe(source)}, "
+                                 f"got {header}")
+            value = array_from_bytes(header, blobs[0])
+        self.runtime.set_var(name, self.io.make_shares(value, libspu.Visibility.VIS_PUBLIC)[self.rank])
+
+    # -- running ---------------------------------------------------------------------------------------------
+
+    def run(self, executable):
+        """Run one executable on the variables in the runtime; returns this party's profile of it (or None)."""
+        start = time.perf_counter()
+        try:
+            self.runtime.run(executable)
+        except Exception as exc:
+            raise PartyError(f"{self.describe()}: the secure execution of '{executable.name}' failed",
+                             [_short(exc)]) from exc
+        self.timings["run"] = self.timings.get("run", 0.0) + time.perf_counter() - start
+        return self._new_profile()
+
+    def _new_profile(self):
+        if not (self.profile_enabled and self.log_path):
+            return None
+        from runtime.spu_profile import parse_log
+
+        with open(self.log_path, encoding="utf-8", errors="replace") as f:
+            f.seek(self._log_offset)
+            text = f.read()
+            self._log_offset = f.tell()
+        blocks = [b for b in parse_log(text) if b.complete]
+        return blocks[-1] if blocks else None
+
+    def reveal(self, names: list[str], to: int) -> dict[str, np.ndarray] | None:
+        """Open the secret variables ``names`` to party ``to`` only; returns them there, None elsewhere."""
+        if self.rank != to:
+            for name in names:
+                self._send_share(to, name, self.runtime.get_var(name))
+            return None
+        result = {}
+        for name in names:
+            shares = [None] * self.world
+            shares[self.rank] = self.runtime.get_var(name)
+            for r in range(self.world):
+                if r != self.rank:
+                    shares[r] = self._recv_share(r, name)
+            result[name] = np.asarray(self.io.reconstruct(shares))
+        return result
+
+    def rename(self, old: str, new: str) -> None:
+        self.runtime.set_var(new, self.runtime.get_var(old))
+        self.runtime.del_var(old)
+
+    def delete(self, name: str) -> None:
+        self.runtime.del_var(name)
+
+    def finish(self) -> None:
+        """Wait until every party is done (so nobody leaves while a peer still needs it), then stop beating."""
+        if self.link is not None:
+            self.link.barrier()
+        if self.heartbeat:
+            self.heartbeat.stop()
+
+    def close(self) -> None:
+        if self.heartbeat:
+            self.heartbeat.stop()
+        if self.link is not None:
+            try:
+                self.link.stop_link()
+            except Exception:  # noqa: BLE001 - best effort at the end
+                pass
+
+
+def _configure_tls(desc, tls: TlsConfig) -> None:
+    desc.enable_ssl = True
+    for opts in (desc.server_ssl_opts, desc.client_ssl_opts):
+        opts.cert.certificate_path = tls.cert
+        opts.cert.private_key_path = tls.key
+        if tls.ca:
+            opts.verify.ca_file_path = tls.ca
+            opts.verify.verify_depth = 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Handshake contents
+
+
+def hello(artifact, executable, parties: PartiesConfig) -> dict:
+    import spu
+    return {
+        "artifact_digest": artifact.digest,
+        "program_sha256": _sha(executable.SerializeToString()),
+        "spu_version": spu.__version__,
+        "config": artifact.manifest["config"],
+        "rewrites": artifact.manifest["rewrites"],
+        "inputs": artifact.manifest["inputs"],
+        "outputs": artifact.manifest["outputs"],
+        "roles": parties.roles,
+        "addresses": parties.addresses,
+        "tls": parties.tls is not None,
+    }
+
+
+def compare_hello(mine: dict, theirs: dict, my_rank: int, their_rank: int) -> list[str]:
+    problems = []
+    who = f"party {their_rank}"
+    for key in sorted(set(mine) | set(theirs)):
+        a, b = mine.get(key), theirs.get(key)
+        if a == b:
+            continue
+        if key in ("inputs", "outputs") and isinstance(a, list) and isinstance(b, list):
+            problems += _compare_specs(key, a, b, my_rank, their_rank)
+        elif key in ("artifact_digest", "program_sha256"):
+            problems.append(f"{key.replace('_', ' ')}: party {my_rank} has {str(a)[:16]}..., {who} has "
+                            f"{str(b)[:16]}...")
+        else:
+            problems.append(f"{key}: party {my_rank} has {json.dumps(a)}, {who} has {json.dumps(b)}")
+    return problems
+
+
+def _compare_specs(key: str, mine: list, theirs: list, my_rank: int, their_rank: int) -> list[str]:
+    problems = []
+    a_by, b_by = {s["name"]: s for s in mine}, {s["name"]: s for s in theirs}
+    for name in [s["name"] for s in mine] + [s["name"] for s in theirs if s["name"] not in a_by]:
+        if name not in b_by:
+            problems.append(f"{key[:-1]} '{name}' exists on party {my_rank} but not on party {their_rank}")
+        elif name not in a_by:
+            problems.append(f"{key[:-1]} '{name}' exists on party {their_rank} but not on party {my_rank}")
+        elif a_by[name] != b_by[name]:
+            diffs = [f"{k} {a_by[name].get(k)} vs {b_by[name].get(k)}" for k in sorted(set(a_by[name]) |
+                     set(b_by[name])) if a_by[name].get(k) != b_by[name].get(k)]
+            problems.append(f"{key[:-1]} '{name}' differs between party {my_rank} and party {their_rank}: "
+                            + ", ".join(diffs))
+    if not problems:
+        problems.append(f"{key} are in a different order on party {my_rank} and party {their_rank}")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The whole life of one party
+
+
+@dataclass
+class PartyResult:
+    rank: int
+    roles: list[str]
+    outputs: dict[str, np.ndarray] | None
+    metrics: dict
+
+
+def run_party(rank: int, parties: PartiesConfig, artifact_path, *, weights_path=None, inputs_path=None,
+              output_path=None, log_path=None, on_peer_failure=None) -> PartyResult:
+    """Load what this party may see, connect, agree on the program, share, run, reveal to the user."""
+    from compiler.artifact import read_artifact, read_inputs, read_weights, save_npz
+
+    wall_start = time.perf_counter()
+    roles = parties.role_of(rank)
+    user, owner = parties.roles[USER], parties.roles[MODEL_OWNER]
+
+    start = time.perf_counter()
+    artifact = read_artifact(artifact_path)
+    problems = []
+    if MODEL_OWNER in roles and not weights_path:
+        problems.append(f"party {rank} is the model owner and needs --weights")
+    if USER in roles and not inputs_path and artifact.args_of(USER, PUBLIC):
+        problems.append(f"party {rank} is the user and needs --inputs")
+    if USER in roles and not output_path:
+        problems.append(f"party {rank} receives the outputs and needs -o/--output")
+    if USER not in roles and output_path:
+        problems.append(f"party {rank} does not receive the outputs (party {user} does), so it cannot write "
+                        f"{output_path}")
+    if problems:
+        raise PartyError(f"party {rank} is not set up for its roles", problems)
+    weights = read_weights(weights_path, artifact) if MODEL_OWNER in roles else {}
+    inputs = read_inputs(inputs_path, artifact) if USER in roles and inputs_path else {}
+    # Recompiling (another SPU version) holds the GIL for long: do it before heartbeats start.
+    exe, recompiled = artifact.load_executable()
+    load_time = time.perf_counter() - start
+
+    session = PartySession(rank, parties, artifact.config, log_path=log_path, on_peer_failure=on_peer_failure)
+    try:
+        session.connect()
+        session.handshake(hello(artifact, exe, parties))
+
+        start = time.perf_counter()
+        for arg in artifact.args:
+            if arg.role == PUBLIC:
+                session.share_public(arg.name, inputs.get(arg.name), source=user)
+            else:
+                holder = owner if arg.role == MODEL_OWNER else user
+                value = weights.get(arg.name) if arg.role == MODEL_OWNER else inputs.get(arg.name)
+                session.share_secret(arg.name, value, owner=holder)
+        share_time = time.perf_counter() - start
+        share_traffic = Traffic(session.traffic.send_bytes, session.traffic.send_actions)
+
+        profile = session.run(exe)
+
+        start = time.perf_counter()
+        outputs = session.reveal([o.name for o in artifact.outputs], to=user)
+        if outputs is not None:
+            outputs = {o.name: outputs[o.name].astype(o.dtype, copy=False) for o in artifact.outputs}
+            save_npz(output_path, outputs)
+        reveal_time = time.perf_counter() - start
+        session.finish()
+    finally:
+        session.close()
+
+    metrics = {
+        "rank": rank,
+        "roles": roles,
+        "address": parties.addresses[rank],
+        "recompiled": recompiled,
+        "load_time": load_time,
+        "connect_time": session.timings.get("connect", 0.0),
+        "handshake_time": session.timings.get("handshake", 0.0),
+        "share_time": share_time,
+        "run_time": session.timings.get("run", 0.0),
+        "reveal_time": reveal_time,
+        "wall_time": time.perf_counter() - wall_start,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "link": profile.link.to_json() if profile and profile.link else None,
+        "sharing": {"send_bytes": share_traffic.send_bytes, "send_actions": share_traffic.send_actions},
+        "cipherdm_traffic": {"send_bytes": session.traffic.send_bytes,
+                             "send_actions": session.traffic.send_actions},
+        "profile": _profile_json(profile),
+        "wrote_output": outputs is not None,
+    }
+    return PartyResult(rank, roles, outputs, metrics)
+
+
+def _profile_json(profile) -> dict | None:
+    if profile is None:
+        return None
+    return {"execution_time": profile.execution_time,
+            "ops": {layer: {name: s.__dict__ for name, s in ops.items()} for layer, ops in profile.ops.items()}}
+
+
+def profile_from_json(data: dict):
+    """The inverse of the ``profile`` entry of a party's metrics: a PartyProfile."""
+    from runtime.spu_profile import LinkStats, OpStats, PartyProfile
+
+    block = PartyProfile("program", data["profile"]["execution_time"] if data.get("profile") else 0.0)
+    if data.get("profile"):
+        block.ops = {layer: {name: OpStats(**s) for name, s in ops.items()}
+                     for layer, ops in data["profile"]["ops"].items()}
+    block.link = LinkStats(**data["link"]) if data.get("link") else LinkStats()
+    return block
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _sha(data: bytes) -> str:
+    import hashlib
+    return hashlib.sha256(data).hexdigest()
+
+
+def _short(exc: Exception, limit: int = 300) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    # yacl appends a C++ stack trace: keep the message only.
+    text = text.split(" stacktrace:")[0]
+    return text if len(text) <= limit else text[:limit] + "..."
