@@ -69,13 +69,13 @@ def _die_with_parent() -> None:
 
 def run_local(artifact_path, weights_path, inputs_path, output_path, *, work_dir: str | None = None,
               roles: dict[str, int] | None = None, heartbeat_timeout_s: float = 15.0,
-              recv_timeout_s: float = 300.0, extra_args: dict[int, list[str]] | None = None,
-              python: str | None = None) -> LocalRun:
+              recv_timeout_s: float = 300.0, programs: dict[int, str] | None = None,
+              env: dict[str, str] | None = None) -> LocalRun:
     """Run the program as three local processes; raises PartyError naming the failed party.
 
     ``work_dir`` keeps parties.json, every party's console output (``partyR.out``), SPU log (``partyR.spu.log``)
-    and status; by default a temporary folder removed afterwards. ``extra_args`` appends arguments to one
-    party's command line (tests use it to hand a party another program).
+    and status; by default a temporary folder removed afterwards. ``programs`` hands some ranks another program
+    file (tests use it to check the handshake); ``env`` adds environment variables to the children.
     """
     keep = work_dir is not None
     work = Path(work_dir or tempfile.mkdtemp(prefix="cipherdm-local-"))
@@ -88,17 +88,17 @@ def run_local(artifact_path, weights_path, inputs_path, output_path, *, work_dir
 
     commands = []
     for rank in range(3):
-        cmd = [python or sys.executable, "-m", "tools.cli", "party", "--rank", str(rank), "--parties",
-               str(parties_path), str(artifact_path), "--spu-log", str(work / f"party{rank}.spu.log"),
+        program = (programs or {}).get(rank, artifact_path)
+        cmd = [sys.executable, "-m", "tools.cli", "party", "--rank", str(rank), "--parties",
+               str(parties_path), str(program), "--spu-log", str(work / f"party{rank}.spu.log"),
                "--status-out", str(work / f"party{rank}.status.json")]
         if rank == parties.roles[MODEL_OWNER]:
             cmd += ["--weights", str(weights_path)]
         if rank == parties.roles[USER]:
             cmd += ["--inputs", str(inputs_path), "--output", str(output_path)]
-        cmd += (extra_args or {}).get(rank, [])
         commands.append(cmd)
 
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     # Two cores shared by three parties: more XLA/SPU threads than that only adds contention.
     env.setdefault("OMP_NUM_THREADS", "1")
     procs: list[subprocess.Popen] = []
@@ -148,11 +148,14 @@ def _explain(procs, parties: PartiesConfig, work: Path, first: int) -> list[str]
     messages = []
     order = [first] + [r for r in range(len(procs)) if r != first]
     seen = set()
+    first_kind = _read_status(work, first).get("kind")
     for rank in order:
         code = procs[rank].returncode
         status = _read_status(work, rank)
         who = parties.describe(rank)
-        if status.get("error"):
+        if rank != first and first_kind == "HandshakeError" and status.get("kind") == first_kind:
+            messages.append(f"{who} refused too")
+        elif status.get("error"):
             text = status["error"]
             if text in seen:
                 continue
@@ -184,7 +187,7 @@ def _tail(path: Path, lines: int = 3) -> str:
     return " | ".join(text[-lines:])
 
 
-def _stop_all(procs, grace: float = 2.0) -> None:
+def _stop_all(procs, grace: float = 1.0) -> None:
     """SIGTERM every live child (and its process group), SIGKILL what is left after ``grace`` seconds."""
     live = [p for p in procs if p.poll() is None]
     for p in live:

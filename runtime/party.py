@@ -604,6 +604,7 @@ def run_party(rank: int, parties: PartiesConfig, artifact_path, *, weights_path=
     try:
         session.connect()
         session.handshake(hello(artifact, exe, parties))
+        fault_point("share", rank)
 
         start = time.perf_counter()
         for arg in artifact.args:
@@ -616,7 +617,9 @@ def run_party(rank: int, parties: PartiesConfig, artifact_path, *, weights_path=
         share_time = time.perf_counter() - start
         share_traffic = Traffic(session.traffic.send_bytes, session.traffic.send_actions)
 
+        fault_point("run", rank)
         profile = session.run(exe)
+        fault_point("reveal", rank)
 
         start = time.perf_counter()
         outputs = session.reveal([o.name for o in artifact.outputs], to=user)
@@ -649,6 +652,28 @@ def run_party(rank: int, parties: PartiesConfig, artifact_path, *, weights_path=
         "wrote_output": outputs is not None,
     }
     return PartyResult(rank, roles, outputs, metrics)
+
+
+FAULT_ENV = "CIPHERDM_FAULT"
+
+
+def fault_point(stage: str, rank: int) -> None:
+    """Failure injection for tests: ``CIPHERDM_FAULT=RANK:STAGE:ACTION`` (ACTION kill, stop or exit) makes
+    party RANK crash (SIGKILL), freeze (SIGSTOP) or fail (exit 1) just before STAGE (share, run, reveal)."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    want_rank, want_stage, action = spec.split(":")
+    if int(want_rank) != rank or want_stage != stage:
+        return
+    import signal
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif action == "stop":
+        os.kill(os.getpid(), signal.SIGSTOP)
+    elif action == "exit":
+        print(f"cipherdm party: injected failure before {stage}", file=sys.stderr, flush=True)
+        os._exit(1)
 
 
 def _profile_json(profile) -> dict | None:

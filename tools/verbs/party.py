@@ -59,7 +59,7 @@ def run(args) -> int:
         result = run_party(args.rank, parties, args.program, weights_path=args.weights, inputs_path=args.inputs,
                            output_path=args.output, log_path=log_path, on_peer_failure=peer_failed)
     except CipherdmError as exc:
-        write_status({"rank": args.rank, "ok": False, "error": str(exc)})
+        write_status({"rank": args.rank, "ok": False, "error": str(exc), "kind": type(exc).__name__})
         raise
     except BaseException as exc:
         write_status({"rank": args.rank, "ok": False, "error": f"{type(exc).__name__}: {exc}",
