@@ -406,6 +406,9 @@ def render_op_report(fixtures_dir: Path) -> str:
         inputs = ", ".join(f"{i['name']} {i['dtype']}[{','.join(str(d) for d in i['shape'])}]" for i in f["inputs"])
         lines.append(f"| `{f['file']}` | {f['exporter']} | {f['opset']} | {inputs} | {f['bytes']:,} | "
                      f"{f['nodes']} | {len(per_fixture[f['name']])} |")
+    lines += ["", "Models (tiny diffusers configs, seeded random weights, built in `models/fixture_models.py`):", ""]
+    for kind, description in dict((f["kind"], f["description"]) for f in manifest["fixtures"]).items():
+        lines.append(f"- `{kind}`: {description}")
     if manifest.get("not_shipped"):
         lines += ["", "Tried and not shipped:", ""]
         for r in manifest["not_shipped"]:
