@@ -74,6 +74,7 @@ def load_model(path, input_shapes: InputShapes | None = None, *, check_support: 
     else:
         model, source = read_model(path), str(path)
     model = prepare_model(model, input_shapes, source)
+    model = _constants_for_compile_time_inputs(model)
     if check_support:
         unsupported = find_unsupported(model)
         if unsupported:
@@ -83,6 +84,39 @@ def load_model(path, input_shapes: InputShapes | None = None, *, check_support: 
                  for u in unsupported],
             )
     return model
+
+
+_FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+
+
+def _constants_for_compile_time_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Float initializers that a lowering needs at compile time (Resize's roi and scales, see ``static_inputs``)
+    become Constant nodes: they are graph structure, not the owner's weights, and must not become arguments."""
+    opsets = {imp.domain or "": imp.version for imp in model.opset_import}
+    default = opsets.get("", opsets.get("ai.onnx", MAX_OPSET))
+    wanted = set()
+    for node in iter_nodes(model.graph):
+        lowering = lookup(node.domain or "", node.op_type, opsets.get(node.domain or "", default))
+        if lowering is not None:
+            wanted.update(node.input[i] for i in lowering.static_inputs if i < len(node.input) and node.input[i])
+    moved = [init for init in model.graph.initializer if init.name in wanted and init.data_type in _FLOAT_TYPES]
+    if not moved:
+        return model
+    names = {init.name for init in moved}
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    kept = [init for init in result.graph.initializer if init.name not in names]
+    result.graph.ClearField("initializer")
+    result.graph.initializer.extend(kept)
+    inputs = [i for i in result.graph.input if i.name not in names]
+    result.graph.ClearField("input")
+    result.graph.input.extend(inputs)
+    constants = [onnx.helper.make_node("Constant", [], [init.name], name=f"{init.name}_constant", value=init)
+                 for init in moved]
+    nodes = constants + list(result.graph.node)
+    result.graph.ClearField("node")
+    result.graph.node.extend(nodes)
+    return result
 
 
 def find_unsupported(model: onnx.ModelProto) -> list[dict]:

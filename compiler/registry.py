@@ -26,6 +26,9 @@ class Lowering:
     op_type: str
     since: int
     fn: Callable
+    # Inputs the lowering needs at compile time even when a float initializer holds them (Resize's scales): the
+    # loader turns such initializers into constants instead of weight arguments.
+    static_inputs: tuple[int, ...] = ()
 
 
 _REGISTRY: dict[tuple[str, str], list[Lowering]] = {}
@@ -35,15 +38,18 @@ def _canonical_domain(domain: str) -> str:
     return "" if domain in DEFAULT_DOMAINS else domain
 
 
-def register(op_type: str, *, domain: str = "", since: int = 1):
-    """Decorator: register ``fn`` as the lowering of ``domain::op_type`` from opset ``since`` on."""
+def register(op_type: str, *, domain: str = "", since: int = 1, static_inputs: tuple[int, ...] = ()):
+    """Decorator: register ``fn`` as the lowering of ``domain::op_type`` from opset ``since`` on.
+
+    ``static_inputs`` lists the inputs that must be compile-time values even when they are float initializers.
+    """
 
     def decorate(fn):
         key = (_canonical_domain(domain), op_type)
         entries = _REGISTRY.setdefault(key, [])
         if any(e.since == since for e in entries):
             raise ValueError(f"duplicate lowering for {domain or 'ai.onnx'}::{op_type} since opset {since}")
-        entries.append(Lowering(key[0], op_type, since, fn))
+        entries.append(Lowering(key[0], op_type, since, fn, tuple(static_inputs)))
         entries.sort(key=lambda e: e.since)
         return fn
 
