@@ -73,13 +73,20 @@ def is_weight(init: onnx.TensorProto) -> bool:
     return init.data_type in _FLOAT_TYPES
 
 
-def lower(model: onnx.ModelProto, interpreter_cls: type[Interpreter] = Interpreter) -> LoweredModel:
-    """Lower a model prepared by :func:`compiler.load_model` into a traceable JAX function."""
+def lower(model: onnx.ModelProto, interpreter_cls: type[Interpreter] = Interpreter,
+          public_initializers: frozenset[str] | set[str] = frozenset()) -> LoweredModel:
+    """Lower a model prepared by :func:`compiler.load_model` into a traceable JAX function.
+
+    ``public_initializers`` names float initializers that are architecture constants rather than weights (the
+    dynamo exporter stores the timestep frequency table as one): they are baked into the program as public
+    constants. See :func:`passes.public.public_initializers` for how they are found.
+    """
     weights: dict[str, np.ndarray] = {}
     constants: dict[str, np.ndarray] = {}
     for init in model.graph.initializer:
         array = numpy_helper.to_array(init)
-        (weights if is_weight(init) else constants)[init.name] = array
+        secret = is_weight(init) and init.name not in public_initializers
+        (weights if secret else constants)[init.name] = array
     inputs = [_spec(vi) for vi in graph_inputs(model)]
     weight_specs = [TensorSpec(name, tuple(a.shape), a.dtype.name) for name, a in weights.items()]
     names = [s.name for s in inputs] + [s.name for s in weight_specs]

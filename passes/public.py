@@ -24,3 +24,50 @@ def public_tensors(model: onnx.ModelProto, public_inputs: set[str]) -> set[str]:
             public.update(node.output)
     public.discard("")
     return public
+
+
+# Ops through which a constant only rescales or shifts a value; a weight-bearing op (Conv, Gemm, MatMul, a norm's
+# scale) always makes its float initializers secret.
+_ELEMENTWISE = {"Mul", "Add", "Sub", "Div", "Pow", "Concat", "Unsqueeze", "Reshape", "Cast", "Expand", "Sin", "Cos",
+                "Exp", "Neg", "Identity", "Squeeze", "Transpose", "Slice", "Gather"}
+
+
+def public_initializers(model: onnx.ModelProto, public_inputs: set[str]) -> set[str]:
+    """Float initializers that are architecture constants of the public computation, not the owner's weights.
+
+    A float initializer counts as public when every one of its uses is an elementwise op whose other operands
+    are all public (computed from public inputs and constants only), e.g. the timestep frequency table of a
+    dynamo export: ``Mul(Cast(timestep), freqs)``. Anything that meets a secret value, or feeds a weight-bearing
+    op, stays a secret weight. Found by iterating to a fixed point, since a public constant can make another
+    value public.
+    """
+    candidates = {init.name for init in model.graph.initializer if is_weight(init)}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    from_inputs = _depends_on(model, public_inputs)
+    outputs = {o.name for o in model.graph.output}
+    chosen: set[str] = set()
+    while True:
+        public = public_tensors(model, set(public_inputs) | chosen)
+
+        def combines_only_with_public_inputs(name: str, node: onnx.NodeProto) -> bool:
+            others = [other for other in node.input if other and other != name]
+            return (node.op_type in _ELEMENTWISE and node.domain in ("", "ai.onnx") and
+                    all(other in public for other in others) and any(other in from_inputs for other in others))
+
+        grown = {name for name in candidates - chosen
+                 if name not in outputs and consumers.get(name)
+                 and all(combines_only_with_public_inputs(name, node) for node in consumers[name])}
+        if not grown:
+            return chosen
+        chosen |= grown
+
+
+def _depends_on(model: onnx.ModelProto, sources: set[str]) -> set[str]:
+    reached = set(sources)
+    for node in model.graph.node:
+        if any(name in reached for name in node.input):
+            reached.update(node.output)
+    return reached
