@@ -64,20 +64,21 @@ def test_unsupported_ops_are_all_named_at_once(tmp_path, capsys):
     model = _model([helper.make_node("Det", ["x"], ["d"], name="det_a"),
                     helper.make_node("Det", ["x"], ["e"], name="det_b"),
                     helper.make_node("Add", ["d", "e"], ["s"], name="add"),
-                    helper.make_node("NonZero", ["x"], ["y"], name="nonzero_1")],
-                   [_vi("x", [3, 3])], [_vi("s", []), _vi("y", [2, "n"], TensorProto.INT64)])
+                    helper.make_node("TopK", ["x", "k"], ["y", "yi"], name="topk_1")],
+                   [_vi("x", [3, 3])], [_vi("s", []), _vi("y", [3, 2]), _vi("yi", [3, 2], TensorProto.INT64)],
+                   [numpy_helper.from_array(np.array([2], np.int64), "k")])
     path = tmp_path / "unsupported.onnx"
     onnx.save(model, path)
     status, out, _ = run_cli(capsys, "inspect", str(path), "--json")
     info = json.loads(out)
     assert status != 0
     by_op = {u["op"]: u for u in info["unsupported"]}
-    assert set(by_op) == {"Det", "NonZero"}
+    assert set(by_op) == {"Det", "TopK"}
     assert by_op["Det"]["nodes"] == ["det_a", "det_b"]
-    assert by_op["NonZero"]["nodes"] == ["nonzero_1"]
+    assert by_op["TopK"]["nodes"] == ["topk_1"]
     with pytest.raises(compiler.UnsupportedOpsError) as err:
         compiler.load_model(path)
-    assert "det_a" in str(err.value) and "nonzero_1" in str(err.value)
+    assert "det_a" in str(err.value) and "topk_1" in str(err.value)
 
 
 def test_corrupt_file_is_one_paragraph_without_traceback(good_model, tmp_path, capsys):
