@@ -21,7 +21,7 @@ def onnx_dtype(elem_type: int) -> np.dtype:
 def astype(x, dtype):
     """Cast to ``dtype``: exactly for static numpy values, to jax's 32-bit canonical type for traced ones."""
     dtype = np.dtype(dtype)
-    if is_static(x):
+    if is_static(x) or isinstance(x, (bool, int, float)):
         return np.asarray(x).astype(dtype)
     target = jax.dtypes.canonicalize_dtype(dtype)
     return x if x.dtype == target else x.astype(target)

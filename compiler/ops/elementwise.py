@@ -92,7 +92,8 @@ for _name, _fn in {
     _unary(_name, _fn)
 
 
-@register("Pow")
+# The exponent is graph structure: a float initializer holding it is a constant, not a weight.
+@register("Pow", static_inputs=(1,))
 def pow_(ctx):
     base, exponent = ctx.inputs
     out_dtype = dtype_of(base)

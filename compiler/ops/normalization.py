@@ -1,5 +1,4 @@
-"""Normalizations: Instance, Layer, Group (opset 18 per-group and 21 per-channel affine), Batch (inference), RMS,
-Lp and MeanVariance.
+"""Normalizations: Instance, Layer, Group (opset 18 per-group and 21 per-channel affine), Batch (inference), RMS and Lp.
 
 Statistics are computed as mean, then mean of squared deviations, then rsqrt(var + eps): one rsqrt per row, which
 is what SPU runs well (a division by sqrt would cost a reciprocal on top).
@@ -128,12 +127,3 @@ def lp_normalization(ctx):
         refuse(ctx, f"p={p} (only 1 and 2 are defined)")
     return x / norm
 
-
-@register("MeanVarianceNormalization")
-def mean_variance_normalization(ctx):
-    # The spec's function body: (X - E[X]) / (sqrt(E[X^2] - E[X]^2) + 1e-9).
-    x = ctx.inputs[0]
-    axes = tuple(normalize_axis(a, np.ndim(x)) for a in ctx.attr("axes", [0, 2, 3]))
-    mean = jnp.mean(x, axis=axes, keepdims=True)
-    var = jnp.mean(x * x, axis=axes, keepdims=True) - mean * mean
-    return (x - mean) / (jnp.sqrt(var) + jnp.asarray(1e-9, dtype_of(x)))

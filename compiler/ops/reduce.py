@@ -82,9 +82,9 @@ def _reduce(ctx, fn, axes, noop_with_empty_axes: bool):
     x = ctx.inputs[0]
     rank = np.ndim(x)
     if not axes:
-        if noop_with_empty_axes:
-            return x
-        axes = list(range(rank))
+        # With noop_with_empty_axes nothing is reduced, but onnxruntime and the reference still apply the
+        # elementwise part (ReduceSumSquare gives x*x, ReduceLogSum log(x)): reduce over no axes.
+        axes = [] if noop_with_empty_axes else list(range(rank))
     axes = tuple(sorted(set(normalize_axes(axes, rank))))
     result = fn(x, axes)
     if not ctx.attr("keepdims", 1):

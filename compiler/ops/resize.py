@@ -21,29 +21,36 @@ _COORDINATE_MODES = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel",
 
 
 def _source_coordinates(mode, out_size, in_size, scale, roi):
-    """Where each output index samples the input (float64), and which outputs are extrapolated."""
-    y = np.arange(out_size, dtype=np.float64)
-    length = scale * in_size
+    """Where each output index samples the input, and which outputs are extrapolated.
+
+    Computed in float32 with the integer output length, like onnxruntime (the ONNX reference uses float64 and
+    scale * in_size for the length; the two differ only at exact rounding ties and for align_corners with a
+    fractional scale * in_size).
+    """
+    f = np.float32
+    y = np.arange(out_size, dtype=f)
+    scale = f(scale)
     if mode == "half_pixel":
-        x = (y + 0.5) / scale - 0.5
+        x = (y + f(0.5)) / scale - f(0.5)
     elif mode == "half_pixel_symmetric":
-        offset = in_size / 2 * (1 - out_size / length)
-        x = offset + (y + 0.5) / scale - 0.5
+        adjustment = f(out_size) / (scale * f(in_size))
+        offset = f(in_size) / f(2) * (f(1) - adjustment)
+        x = offset + (y + f(0.5)) / scale - f(0.5)
     elif mode == "pytorch_half_pixel":
-        x = (y + 0.5) / scale - 0.5 if length > 1 else np.full(out_size, -0.5)
+        x = (y + f(0.5)) / scale - f(0.5) if out_size > 1 else np.zeros(out_size, f)
     elif mode == "align_corners":
-        x = y * (in_size - 1) / (length - 1) if length != 1 else np.zeros(out_size)
+        x = y * f(in_size - 1) / f(out_size - 1) if out_size > 1 else np.zeros(out_size, f)
     elif mode == "asymmetric":
         x = y / scale
     else:  # tf_crop_and_resize
-        start, end = roi
-        if length == 1:
-            x = np.full(out_size, (end - start) * (in_size - 1) / 2)
+        start, end = f(roi[0]), f(roi[1])
+        if out_size > 1:
+            x = start * f(in_size - 1) + y * (end - start) * f(in_size - 1) / f(out_size - 1)
         else:
-            x = y * (end - start) * (in_size - 1) / (length - 1)
-        x = x + start * (in_size - 1)
+            x = np.full(out_size, f(0.5) * (start + end) * f(in_size - 1), f)
+        x = x.astype(np.float64)
         return x, (x < 0) | (x > in_size - 1)
-    return x, None
+    return x.astype(np.float64), None
 
 
 def _nearest_indices(x, nearest_mode, in_size):
@@ -127,10 +134,11 @@ def _target(ctx, shape):
     if scales is not None:
         for axis, s in zip(axes, scales):
             full_scale[axis] = s
-            full_size[axis] = int(math.floor(s * shape[axis]))
+            # float32 product, as onnxruntime and ONNX shape inference compute it (5 * 2.6f is 13, not 12).
+            full_size[axis] = int(math.floor(np.float32(s) * np.float32(shape[axis])))
         return axes, full_scale, full_size
     for axis, size in zip(axes, sizes):
-        full_scale[axis] = size / shape[axis]
+        full_scale[axis] = float(np.float32(size) / np.float32(shape[axis]))
         full_size[axis] = size
     policy = ctx.attr("keep_aspect_ratio_policy", "stretch")
     if policy != "stretch":
