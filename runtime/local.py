@@ -9,14 +9,13 @@ writes parties.json into a work folder and watches the children:
   naming the failed party first and what the others reported;
 * the children watch each other with heartbeats, so a party that stops answering is reported by its peers
   within ``heartbeat_timeout_s`` and the supervisor then stops the rest;
-* children run in their own process groups and die with the supervisor (``PR_SET_PDEATHSIG``); Ctrl-C,
+* children run in their own sessions and die with the supervisor (``PR_SET_PDEATHSIG``); Ctrl-C,
   SIGTERM, errors and normal exits all end with no child left behind.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import shutil
@@ -32,9 +31,6 @@ from pathlib import Path
 from compiler.errors import CipherdmError
 from compiler.spu_compile import MODEL_OWNER, USER
 from runtime.party import PartiesConfig, PartyError
-
-_PR_SET_PDEATHSIG = 1
-
 
 @dataclass
 class LocalRun:
@@ -57,14 +53,6 @@ def free_ports(n: int) -> list[int]:
     finally:
         for s in sockets:
             s.close()
-
-
-def _die_with_parent() -> None:
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:
-        pass
 
 
 def run_local(artifact_path, weights_path, inputs_path, output_path, *, work_dir: str | None = None,
@@ -98,7 +86,9 @@ def run_local(artifact_path, weights_path, inputs_path, output_path, *, work_dir
             cmd += ["--inputs", str(inputs_path), "--output", str(output_path)]
         commands.append(cmd)
 
-    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    # CIPHERDM_SUPERVISOR_PID: each child asks the kernel to kill it if this process dies (PR_SET_PDEATHSIG);
+    # set in the child rather than with preexec_fn, which forks a multithreaded (jax) process unsafely.
+    env = dict(os.environ, PYTHONUNBUFFERED="1", CIPHERDM_SUPERVISOR_PID=str(os.getpid()), **(env or {}))
     # Two cores shared by three parties: more XLA/SPU threads than that only adds contention.
     env.setdefault("OMP_NUM_THREADS", "1")
     procs: list[subprocess.Popen] = []
@@ -108,8 +98,7 @@ def run_local(artifact_path, weights_path, inputs_path, output_path, *, work_dir
         for rank, cmd in enumerate(commands):
             out = open(work / f"party{rank}.out", "wb")
             procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          env=env, start_new_session=True, preexec_fn=_die_with_parent,
-                                          cwd=os.getcwd()))
+                                          env=env, start_new_session=True))
             out.close()
         failures = _supervise(procs, parties, work)
         wall = time.perf_counter() - start

@@ -204,9 +204,11 @@ def array_from_bytes(meta: dict, data: bytes) -> np.ndarray:
 class Heartbeat:
     """Liveness of the peers over a sub-link, independent of how long an SPU step takes.
 
-    A sender thread beats every ``interval`` seconds; one receiver thread per peer records when it last heard
-    from it; a watchdog calls ``on_failure(rank, message)`` when a peer is silent for ``timeout`` seconds or its
-    link breaks. A peer that said goodbye (finished normally) is no longer watched.
+    One sender thread per peer beats every ``interval`` seconds (a synchronous send: a broken link raises here
+    instead of killing the process from a brpc thread, which is what a failed asynchronous send does); one
+    receiver thread per peer records when it last heard from it; a watchdog calls ``on_failure(rank, reason)``
+    when a peer is silent for ``timeout`` seconds or its link breaks. A peer that said goodbye (finished
+    normally) is no longer watched.
     """
 
     def __init__(self, link, rank: int, world: int, interval: float, timeout: float, on_failure):
@@ -217,45 +219,43 @@ class Heartbeat:
         self.last_seen = {r: now for r in self.peers}
         self.finished: set[int] = set()
         self.stopped = threading.Event()
-        self.threads = [threading.Thread(target=self._send_loop, name="hb-send", daemon=True),
-                        threading.Thread(target=self._watch, name="hb-watch", daemon=True)]
-        self.threads += [threading.Thread(target=self._recv_loop, args=(r,), name=f"hb-recv{r}", daemon=True)
-                         for r in self.peers]
+        self._failed = threading.Lock()
+        self.threads = [threading.Thread(target=self._watch, name="hb-watch", daemon=True)]
+        for r in self.peers:
+            self.threads.append(threading.Thread(target=self._send_loop, args=(r,), name=f"hb-send{r}", daemon=True))
+            self.threads.append(threading.Thread(target=self._recv_loop, args=(r,), name=f"hb-recv{r}", daemon=True))
 
     def start(self) -> None:
         for t in self.threads:
             t.start()
 
     def stop(self) -> None:
-        """Say goodbye to the peers and stop watching."""
-        if self.stopped.is_set():
-            return
+        """Stop watching; the sender threads say goodbye to the peers on their way out."""
         self.stopped.set()
-        for r in self.peers:
-            try:
-                self.link.send_async(r, b"bye")
-            except Exception:  # noqa: BLE001 - the peer may be gone already; nothing to report at the end
-                pass
 
-    def _send_loop(self) -> None:
-        while not self.stopped.wait(self.interval):
-            for r in self.peers:
-                if r in self.finished:
-                    continue
-                try:
-                    self.link.send_async(r, b"beat")
-                except Exception as exc:  # noqa: BLE001
-                    if not self.stopped.is_set() and r not in self.finished:
-                        self.on_failure(r, f"the link to it broke ({_short(exc)})")
-                        return
+    def _fail(self, peer: int, reason: str) -> None:
+        if self.stopped.is_set() or peer in self.finished or not self._failed.acquire(blocking=False):
+            return
+        self.on_failure(peer, reason)
+
+    def _send_loop(self, peer: int) -> None:
+        while True:
+            stopping = self.stopped.wait(self.interval)
+            try:
+                self.link.send(peer, b"bye" if stopping else b"beat")
+            except Exception as exc:  # noqa: BLE001
+                if not stopping:
+                    self._fail(peer, f"the link to it broke ({_short(exc, 200)})")
+                return
+            if stopping:
+                return
 
     def _recv_loop(self, peer: int) -> None:
         while not self.stopped.is_set():
             try:
                 msg = self.link.recv(peer)
             except Exception as exc:  # noqa: BLE001
-                if not self.stopped.is_set() and peer not in self.finished:
-                    self.on_failure(peer, f"no heartbeat received ({_short(exc, 160)})")
+                self._fail(peer, f"no heartbeat received ({_short(exc, 200)})")
                 return
             self.last_seen[peer] = time.monotonic()
             if msg == b"bye":
@@ -267,7 +267,7 @@ class Heartbeat:
             now = time.monotonic()
             for r in self.peers:
                 if r not in self.finished and now - self.last_seen[r] > self.timeout:
-                    self.on_failure(r, f"it stopped answering (no heartbeat for {now - self.last_seen[r]:.0f} s)")
+                    self._fail(r, f"it stopped answering (no heartbeat for {now - self.last_seen[r]:.0f} s)")
                     return
 
 
@@ -328,6 +328,9 @@ class PartySession:
         desc.connect_retry_interval_ms = 500
         desc.connect_retry_times = max(1, int(self.parties.connect_timeout_s / 0.5))
         desc.http_max_payload_size = 32 << 20
+        # A send that still fails after its retries ends the process from a brpc thread (yacl exits with -1),
+        # with no word on who failed: give the retries ~75 s so that the heartbeat watchdog (15 s) speaks first.
+        desc.retry_opts.max_retry = 10
         if self.parties.tls:
             _configure_tls(desc, self.parties.tls)
         try:

@@ -31,6 +31,29 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    """Runs the party and leaves with ``os._exit``: brpc's threads may still be inside a send or receive, and
+    tearing the interpreter down around them can crash (or hang) the process after its work is done."""
+    code = _run(args)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _die_with_supervisor() -> None:
+    """Under ``cipherdm run --mode local``: get SIGKILL when the supervisor dies, even by SIGKILL."""
+    parent = os.environ.get("CIPHERDM_SUPERVISOR_PID")
+    if not parent:
+        return
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+    if os.getppid() != int(parent):  # the supervisor died before prctl took effect
+        os._exit(1)
+
+
+def _run(args) -> int:
     from compiler.errors import CipherdmError
     from runtime.party import EXIT_PEER_FAILED, PartiesConfig, run_party
 
@@ -44,7 +67,7 @@ def run(args) -> int:
 
     def peer_failed(message: str) -> None:
         print(f"cipherdm party: error: {message}", file=sys.stderr, flush=True)
-        write_status({"rank": args.rank, "ok": False, "error": message, "peer_failure": True})
+        write_status({"rank": args.rank, "ok": False, "error": message, "kind": "PeerFailure"})
         os._exit(EXIT_PEER_FAILED)
 
     def terminated(signum, frame):
@@ -53,22 +76,31 @@ def run(args) -> int:
         os._exit(128 + signum)
 
     signal.signal(signal.SIGTERM, terminated)
+    _die_with_supervisor()
     log_path = args.spu_log or f"{args.program}.party{args.rank}.log"
     try:
         parties = PartiesConfig.load(args.parties)
         result = run_party(args.rank, parties, args.program, weights_path=args.weights, inputs_path=args.inputs,
                            output_path=args.output, log_path=log_path, on_peer_failure=peer_failed)
+        if args.metrics:
+            from compiler.artifact import atomic_output
+            with atomic_output(args.metrics) as tmp:
+                Path(tmp).write_text(json.dumps(result.metrics, indent=2))
     except CipherdmError as exc:
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        print(f"cipherdm party: error: {exc}", file=sys.stderr)
         write_status({"rank": args.rank, "ok": False, "error": str(exc), "kind": type(exc).__name__})
-        raise
-    except BaseException as exc:
+        return 2
+    except KeyboardInterrupt:
+        print("cipherdm party: interrupted", file=sys.stderr)
+        write_status({"rank": args.rank, "ok": False, "error": f"party {args.rank} was interrupted"})
+        return 130
+    except BaseException as exc:  # noqa: BLE001 - a bug: report it with its traceback, still leave cleanly
+        traceback.print_exc()
         write_status({"rank": args.rank, "ok": False, "error": f"{type(exc).__name__}: {exc}",
                       "traceback": traceback.format_exc()})
-        raise
-    if args.metrics:
-        from compiler.artifact import atomic_output
-        with atomic_output(args.metrics) as tmp:
-            Path(tmp).write_text(json.dumps(result.metrics, indent=2))
+        return 1
     write_status({"rank": args.rank, "ok": True, "metrics": result.metrics})
     m = result.metrics
     link = m["link"] or {}
