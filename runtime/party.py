@@ -12,7 +12,7 @@ Two levels:
     prof = session.run(exe)                            # outputs stay secret in this party's runtime
     session.rename("noise_pred", "eps")                # local, no traffic: chain programs on shares
     out = session.reveal(["y"], to=0)                  # others send their shares; dict on rank 0, else None
-    session.close()
+    session.finish()                                   # leave together (collective)
 
   A value lives in the SPU runtime (``session.runtime``) under its name until deleted, so a sampler shares the
   weights once, runs one compiled U-Net step per timestep with x_t kept secret between steps, and reveals only
@@ -229,9 +229,14 @@ class Heartbeat:
         for t in self.threads:
             t.start()
 
-    def stop(self) -> None:
-        """Stop watching; the sender threads say goodbye to the peers on their way out."""
+    def stop(self, wait: float = 5.0) -> None:
+        """Stop watching and say goodbye: every beat a peer sent must be received before the links stop,
+        because yacl acknowledges each message and an acknowledgement to a process that is gone ends this
+        one (from a brpc thread, exit code 255) once its retries run out."""
         self.stopped.set()
+        deadline = time.monotonic() + wait
+        for t in self.threads:
+            t.join(max(0.0, deadline - time.monotonic()))
 
     def _fail(self, peer: int, reason: str) -> None:
         if self.stopped.is_set() or peer in self.finished or not self._failed.acquire(blocking=False):
@@ -251,7 +256,7 @@ class Heartbeat:
                 return
 
     def _recv_loop(self, peer: int) -> None:
-        while not self.stopped.is_set():
+        while True:  # until the peer's goodbye, even after stop(): its beats must all be consumed
             try:
                 msg = self.link.recv(peer)
             except Exception as exc:  # noqa: BLE001
@@ -300,6 +305,7 @@ class PartySession:
         self._log_offset = 0
         self.traffic = Traffic()
         self.link = None
+        self.hb_link = None
         self.runtime = None
         self.heartbeat: Heartbeat | None = None
         # Called from a heartbeat thread with a message naming the failed peer; must not return normally
@@ -338,8 +344,8 @@ class PartySession:
         except Exception as exc:
             raise PartyError(f"{self.describe()} could not connect to the other parties within "
                              f"{self.parties.connect_timeout_s:.0f} s", [_short(exc)]) from exc
-        hb_link = self.link.spawn()
-        self.heartbeat = Heartbeat(hb_link, self.rank, self.world, self.parties.heartbeat_interval_s,
+        self.hb_link = self.link.spawn()
+        self.heartbeat = Heartbeat(self.hb_link, self.rank, self.world, self.parties.heartbeat_interval_s,
                                    self.parties.heartbeat_timeout_s, self._peer_failed)
         self.heartbeat.start()
         self.runtime = api.Runtime(self.link, runtime_config(self.config, profile=self.profile_enabled))
@@ -481,20 +487,22 @@ class PartySession:
         self.runtime.del_var(name)
 
     def finish(self) -> None:
-        """Wait until every party is done (so nobody leaves while a peer still needs it), then stop beating."""
-        if self.link is not None:
-            self.link.barrier()
+        """Leave together: wait for every party, exchange goodbyes, then stop both links. Each step is
+        collective, so nobody's last message (or its acknowledgement) goes to a party that is gone."""
+        if self.link is None:
+            return
+        self.link.barrier()
         if self.heartbeat:
             self.heartbeat.stop()
+        # The heartbeat sub-link shares the main link's channels (stopping either stops both; a second
+        # stop_link fails with "Invalid argument"): one stop waits for every message's acknowledgement.
+        self.link.stop_link()
+        self.link = None
 
     def close(self) -> None:
+        """After an error: stop watching. The process should exit now (peers learn of it by heartbeats)."""
         if self.heartbeat:
-            self.heartbeat.stop()
-        if self.link is not None:
-            try:
-                self.link.stop_link()
-            except Exception:  # noqa: BLE001 - best effort at the end
-                pass
+            self.heartbeat.stopped.set()
 
 
 def _configure_tls(desc, tls: TlsConfig) -> None:
