@@ -1,0 +1,245 @@
+"""Protocol families: the math shared by several ops, written once against the backend op set.
+
+* ``abs_piecewise`` (SiLU, GELU, Mish, Sigmoid, Tanh): one comparison gives the sign s = [x > 0] and |x|; a
+  piecewise polynomial in w = 2|x|/B - 1 (segments chosen by comparisons of w with the breakpoints, all in one
+  batched comparison together with w > 1) gives a correction V that is exactly 0 for |x| >= B; then
+  - ``relu_minus``: f = relu(x) - V (SiLU: V ~ |x| sigmoid(-|x|), GELU: |x| Phi(-|x|); Mish: one polynomial per
+    sign), so f is exactly 0 / x beyond -B / B;
+  - ``odd_saturating``: f = s ? c + L - V : c - L + V (Sigmoid: c = L = 1/2; Tanh: c = 0, L = 1), exactly the
+    asymptotes beyond B.
+  The fit constrains V(1) = 0 and continuity between segments, so f is continuous everywhere.
+* ``exp_square`` (Exp on x <= 0, the exp inside SoftMax): y = x / 2^k, q(y) a polynomial with q(0) = 1 and
+  q(L / 2^k) = 0, set to 0 below L, then squared k times: never negative, exactly 1 at 0, exactly 0 below L.
+* ``softmax_max``: max-subtract, exp_square, one SPU reciprocal per row, one multiply per element.
+* ``softmax_shift``: no max tree (88 rounds for a row of 256): subtract the row mean plus a calibrated bound U
+  on max - mean, exp_square clipped to [L, 0] at both ends (saturating at 1), reciprocal per row, multiply.
+* ``newton_reciprocal`` / ``newton_rsqrt``: clamp to the calibrated interval [a, b] (the asymptote beyond),
+  split it geometrically into m segments (one batched comparison), scale x into [1/r, 1] by its segment's top
+  edge (a select of public constants), a polynomial initial guess fitted (minimax relative error) on
+  [1/r, 1] and shared by all segments, then Newton steps.
+* ``norm`` (GroupNorm, LayerNorm): mean, centred variance, an rsqrt protocol on the per-group / per-row
+  variance, the scale folded into it (GroupNorm), one multiply per element.
+* ``direct``: the op's plain expression (what the compiler runs without rewrites) under SPU's defaults or the
+  protocol's knobs.
+"""
+
+from __future__ import annotations
+
+from runtime.protocols.base import family, op_module
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# piecewise polynomials in |x|
+
+
+def segment_bits(bk, w, breaks):
+    """Bits selecting each segment of [-1, 1) and the 'outside' bit w > 1, from one batched comparison."""
+    ge = bk.compare_many([(w, ">", float(b)) for b in breaks] + [(w, ">", 1.0)])
+    # ge is monotone (u > b_1 >= u > b_2 ...), so XOR of neighbours is the one-hot segment indicator: free.
+    segs = [bk.bit_not(ge[0])] + [bk.bit_xor(ge[j], ge[j + 1]) for j in range(len(breaks))]
+    return segs, ge[-1]
+
+
+@family("abs_piecewise")
+def abs_piecewise(bk, protocol, inputs, **kw):
+    p = protocol.params
+    x = inputs[0]
+    bound = float(p["bound"])
+    form = p["form"]
+    sign = bk.greater(x, 0.0)
+    if form == "relu_minus":
+        relu = bk.where(sign, x)
+        magnitude = bk.sub(bk.double(relu), x)        # |x| = 2 relu(x) - x, no extra select
+    else:
+        magnitude = bk.where(sign, x, bk.neg(x))
+    # w = 2|x|/B - 1 in [-1, 1] on the fitted range (polynomials in w have small coefficients); breaks are
+    # given in u = |x|/B.
+    w = bk.add_const(bk.scale(magnitude, 2.0 / bound), -1.0)
+    segs, _ = segment_bits(bk, w, [2.0 * float(b) - 1.0 for b in p["breaks"]])
+    powers = bk.powers(w, int(p["degree"]))
+    picks = []
+    for bit, seg in zip(segs, p["segments"]):
+        if "pos" in seg:   # one polynomial per sign (Mish): select with seg & s and seg & not s
+            pos = bk.poly(powers[:len(seg["pos"]) - 1], seg["pos"])
+            neg = bk.poly(powers[:len(seg["neg"]) - 1], seg["neg"])
+            picks += [(bk.bit_and(bit, sign), pos, None), (bk.bit_and(bit, bk.bit_not(sign)), neg, None)]
+        else:
+            picks.append((bit, bk.poly(powers[:len(seg["coeffs"]) - 1], seg["coeffs"]), None))
+    chosen = bk.select_many(picks)
+    correction = chosen[0]
+    for c in chosen[1:]:
+        correction = bk.add(correction, c)
+    if form == "relu_minus":
+        return bk.sub(relu, correction)
+    center, level = float(p["center"]), float(p["level"])
+    high = bk.add_const(bk.neg(correction), center + level)
+    low = bk.add_const(correction, center - level)
+    return bk.where(sign, high, low)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# exp for x <= 0
+
+
+def exp_square_eval(bk, p, x, saturate: bool = False):
+    """exp(x) for x in [L, 0]: 0 below L; with ``saturate`` also 1 above 0 (both clips from one comparison)."""
+    squarings = int(p["squarings"])
+    coeffs = p["coeffs"]
+    y = bk.scale(x, 2.0 ** -squarings)
+    if len(coeffs) == 2 and float(coeffs[1]) == 1.0:
+        q = bk.add_const(y, float(coeffs[0]))        # 1 + y: no dot needed
+    else:
+        q = bk.poly(bk.powers(y, len(coeffs) - 1), coeffs)
+    if saturate:
+        above_low, above_zero = bk.compare_many([(x, ">", float(p["lower"])), (x, ">", 0.0)])
+        inside = bk.bit_xor(above_low, above_zero)
+        kept, one = bk.select_many([(inside, q, None), (above_zero, bk.const(1.0, q), None)])
+        q = bk.add(kept, one)
+    elif p.get("clip", True):
+        q = bk.where(bk.greater(x, float(p["lower"])), q)
+    for _ in range(squarings):
+        q = bk.mul(q, q)
+    return q
+
+
+@family("exp_square")
+def exp_square(bk, protocol, inputs, **kw):
+    return exp_square_eval(bk, protocol.params, inputs[0])
+
+
+@family("softmax_max")
+def softmax_max(bk, protocol, inputs, axis=-1, **kw):
+    x = inputs[0]
+    shifted = bk.sub(x, bk.reduce_max(x, axis))
+    e = exp_square_eval(bk, protocol.params["exp"], shifted)
+    total = bk.reduce_sum(e, axis)                   # >= 1: the row maximum contributes exactly 1
+    return bk.mul(e, bk.native("reciprocal", total))  # one reciprocal per row, one multiply per element
+
+
+@family("softmax_shift")
+def softmax_shift(bk, protocol, inputs, axis=-1, **kw):
+    """No max: shift by the row mean plus a calibrated bound U on max - mean, clip exp's argument to [L, 0]
+    (one batched comparison, both clips). max >= mean, so the row sum is at least exp(-U): never 0."""
+    x = inputs[0]
+    upper = float(protocol.params["upper"])
+    shifted = bk.add_const(bk.sub(x, bk.mean(x, axis)), -upper)
+    e = exp_square_eval(bk, protocol.params["exp"], shifted, saturate=True)
+    total = bk.reduce_sum(e, axis)
+    return bk.mul(e, bk.native("reciprocal", total))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# reciprocal and rsqrt by Newton's method from a fitted initial guess
+
+
+def _clamped_segments(bk, x, p):
+    """Clamp x to [a, b] and find its segment of the geometric split of [a, b] into m pieces, all with one
+    batched comparison. Returns (clamped x, one-hot segment bits, segment top edges)."""
+    low, high = (float(v) for v in p["interval"])
+    m = int(p.get("segments", 1))
+    ratio = (high / low) ** (1.0 / m)
+    inner = [low * ratio ** j for j in range(1, m)]
+    clamp = p.get("clamp", True)
+    items = ([(x, "<", low), (x, ">", high)] if clamp else []) + [(x, ">", t) for t in inner]
+    bits = bk.compare_many(items)
+    if clamp:
+        below, above, ge = bits[0], bits[1], bits[2:]
+        lift, cut = bk.select_many([(below, bk.add_const(bk.neg(x), low), None),
+                                    (above, bk.add_const(bk.neg(x), high), None)])
+        x = bk.add(bk.add(x, lift), cut)
+    else:
+        ge = bits
+    if m == 1:
+        return x, [None], [high]
+    segs = [bk.bit_not(ge[0])] + [bk.bit_xor(ge[j], ge[j + 1]) for j in range(m - 2)] + [ge[-1]]
+    return x, segs, [low * ratio ** (j + 1) for j in range(m)]
+
+
+def _initial_guess(bk, x, p, power):
+    """g(x / T_j) * T_j^(-power) with T_j the top of x's segment: the fitted guess on [1/ratio, 1]."""
+    x, segs, tops = _clamped_segments(bk, x, p)
+    coeffs = p["coeffs"]
+    if segs[0] is None:
+        v = bk.scale(x, 1.0 / tops[0])
+        return x, bk.scale(bk.poly(bk.powers(v, len(coeffs) - 1), coeffs), tops[0] ** -power)
+    inv_top, out_scale = _segment_constants_pair(bk, segs, tops, power, x)
+    v = bk.mul(x, inv_top)
+    return x, bk.mul(bk.poly(bk.powers(v, len(coeffs) - 1), coeffs), out_scale)
+
+
+def _segment_constants_pair(bk, segs, tops, power, like):
+    picks = bk.select_many([(bit, bk.const(1.0 / t, like), None) for bit, t in zip(segs, tops)] +
+                           [(bit, bk.const(t ** -power, like), None) for bit, t in zip(segs, tops)])
+    m = len(segs)
+    inv_top, out_scale = picks[0], picks[m]
+    for j in range(1, m):
+        inv_top = bk.add(inv_top, picks[j])
+        out_scale = bk.add(out_scale, picks[m + j])
+    return inv_top, out_scale
+
+
+def reciprocal_eval(bk, p, x):
+    x, y = _initial_guess(bk, x, p, 1.0)
+    for _ in range(int(p["newton_steps"])):
+        # y <- y (2 - x y)
+        y = bk.mul(y, bk.add_const(bk.neg(bk.mul(x, y)), 2.0))
+    return y
+
+
+def rsqrt_eval(bk, p, x):
+    x, y = _initial_guess(bk, x, p, 0.5)
+    steps = int(p["newton_steps"])
+    if steps:
+        half_x = bk.scale(x, 0.5)
+        for _ in range(steps):
+            # y <- y (3/2 - (x/2) y^2)
+            y = bk.mul(y, bk.add_const(bk.neg(bk.mul(half_x, bk.mul(y, y))), 1.5))
+    return y
+
+
+@family("newton_reciprocal")
+def newton_reciprocal(bk, protocol, inputs, **kw):
+    return reciprocal_eval(bk, protocol.params, inputs[0])
+
+
+@family("newton_rsqrt")
+def newton_rsqrt(bk, protocol, inputs, **kw):
+    return rsqrt_eval(bk, protocol.params, inputs[0])
+
+
+def rsqrt_of(bk, spec: dict, v):
+    """rsqrt by a nested spec {"family": "newton_rsqrt" | "direct", "params": {...}}."""
+    if spec.get("family", "direct") == "newton_rsqrt":
+        return rsqrt_eval(bk, spec["params"], v)
+    return bk.native("rsqrt", v)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GroupNorm / LayerNorm
+
+
+@family("norm")
+def norm(bk, protocol, inputs, epsilon=1e-5, num_groups=None, axis=-1, **kw):
+    x, scale, bias = (list(inputs) + [None, None])[:3]
+    spec = protocol.params["rsqrt"]
+    if protocol.op == "group_norm":
+        grouped = bk.to_groups(x, num_groups)
+        centered = bk.sub(grouped, bk.mean(grouped, 2))
+        var = bk.mean(bk.mul(centered, centered), 2)
+        inv_std = rsqrt_of(bk, spec, bk.add_const(var, epsilon))           # [N, G, 1]
+        factor = bk.channel_fold(inv_std, scale, num_groups, x)             # [N, C, 1]: scale * inv_std
+        return bk.group_apply(centered, factor, bias, x)
+    rows = bk.to_rows(x, axis)
+    centered = bk.sub(rows, bk.mean(rows, 1))
+    var = bk.mean(bk.mul(centered, centered), 1)
+    inv_std = rsqrt_of(bk, spec, bk.add_const(var, epsilon))              # one per row
+    return bk.rows_apply(bk.mul(centered, inv_std), scale, bias, x)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the plain expression
+
+
+@family("direct")
+def direct(bk, protocol, inputs, **kw):
+    return op_module(protocol.op).direct_expression(bk, protocol, inputs, **kw)

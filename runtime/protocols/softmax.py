@@ -1,0 +1,121 @@
+"""SoftMax over one axis.
+
+Protocol (``softmax_max``): m = max(x) over the axis (SPU's comparison tree), e = exp_square(x - m) (never
+negative, exactly 1 at the maximum so the row sum S is in [1, n], exactly 0 below L), S = sum(e), one SPU
+reciprocal per row (not per element), then one multiply per element.
+
+Protocol (``softmax_shift``): no max tree (its 8 comparison levels are ~90 rounds for a row of 256): subtract
+the row mean plus U, a calibrated bound on max - mean, and clip exp's argument to [L, 0] at both ends in one
+comparison. max >= mean keeps the row sum >= exp(-U) > 0; rows whose spread exceeds U saturate (still a
+distribution: non-negative, sums to 1). Same bytes as max-subtract, a third of the rounds.
+
+Direct: the compiler's jax.nn.softmax: exp(x - max) / sum, where SPU divides every element by the broadcast
+sum (a reciprocal per element); the knob variant sets CompilerOptions.enable_optimize_denominator_with_broadcast,
+which makes SPU take the reciprocal per row; ``exp6`` adds fxp_exp_iters = 6. The direct exp has no clip: it
+wraps around for x - max < -2^(n+1) (``sane``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from runtime.protocols import _activation as act
+from runtime.protocols.base import Protocol, load_fitted
+
+OP = "softmax"
+DEFAULT_INTERVAL = (-16.0, 0.0)
+REFERENCE_TEXT = "exp(x - max) / sum(exp(x - max)) over the axis, float64"
+DESCRIPTION = "max-subtract, clipped exp_square, one reciprocal per row, one multiply"
+ROW = 64
+
+
+def reference(x, axis=-1):
+    x = np.asarray(x, np.float64)
+    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def samples(interval, n):
+    """Rows of 64 logits whose spread (max - min) covers the interval's width; a few rows are constant or have
+    one dominant entry."""
+    low, high = (float(v) for v in interval)
+    rows = max(int(n) // ROW, 8)
+    rng = np.random.default_rng(12345)
+    x = rng.uniform(low, high, size=(rows, ROW))
+    x[0] = 0.0
+    x[1] = low
+    x[1, 0] = high
+    return (x,)
+
+
+# exp variants the softmax variants use (names from exp.json)
+EXP_CHOICES = ("exp.sq.l16.k2.d2", "exp.sq.l12.k3.d2", "exp.sq.l12.k2.d3", "exp.sq.l16.k3.d3", "exp.sq.l16.k3.d4")
+FIT_SPECS = [{"exp": name} for name in EXP_CHOICES] + [
+    {"exp": "exp.sq.l16.k3.d3", "upper": 4.0},
+    {"exp": "exp.sq.l16.k3.d3", "upper": 8.0},
+    {"exp": "exp.sq.l12.k2.d3", "upper": 4.0},
+]
+
+
+def spread_samples(upper: float, rows: int = 512):
+    """Rows of 64 logits whose max - mean stays below ``upper`` (what a shift variant is calibrated for)."""
+    rng = np.random.default_rng(54321)
+    x = rng.normal(0.0, 1.0, (rows, ROW))
+    spread = (x.max(axis=1) - x.mean(axis=1))[:, None]
+    return (x / spread * rng.uniform(0.05, 0.98, (rows, 1)) * upper + rng.normal(0, 3, (rows, 1)),)
+
+
+def build(spec: dict) -> dict:
+    exp = {p.name: p for p in load_fitted("exp")}[spec["exp"]]
+    if "upper" in spec:
+        return build_shift(exp, float(spec["upper"]))
+    params = {"exp": dict(exp.params), "interval": list(exp.interval)}
+    name = "softmax.max." + spec["exp"].replace("exp.", "")
+    proto = Protocol(name, OP, "softmax_max", params, interval=tuple(exp.interval),
+                     description=f"{DESCRIPTION} ({exp.name})")
+    err = proto.error(*samples(exp.interval, 1 << 15))
+    wide = proto.error(*samples((4 * exp.interval[0], 0.0), 1 << 14))
+    return {**proto.to_json(), "fit": {"max_error": act._r1(err["max"]), "mean_error": act._r1(err["mean"]),
+                                       "max_error_everywhere": act._r1(max(err["max"], wide["max"])),
+                                       "rows": "64 logits per row, uniform in the interval"}}
+
+
+def build_shift(exp, upper: float) -> dict:
+    params = {"upper": upper, "exp": dict(exp.params), "interval": list(exp.interval)}
+    name = f"softmax.shift.u{upper:g}." + exp.name.replace("exp.", "")
+    proto = Protocol(name, OP, "softmax_shift", params, interval=tuple(exp.interval),
+                     description=f"no max: x - mean - {upper:g} through {exp.name} clipped to [L, 0] at both "
+                                 "ends, reciprocal per row, multiply; for rows with max - mean <= "
+                                 f"{upper:g} (calibrated)")
+    err = proto.error(*spread_samples(upper))
+    wide = proto.error(*samples((4 * exp.interval[0], 0.0), 1 << 14))
+    return {**proto.to_json(), "fit": {
+        "max_error": act._r1(err["max"]), "mean_error": act._r1(err["mean"]),
+        "max_error_wide_rows": act._r1(wide["max"]),
+        "rows": f"64 logits per row, max - mean uniform in (0.05, 0.98) x {upper:g}"}}
+
+
+def direct_expression(bk, protocol, inputs, axis=-1, **kw):
+    x = inputs[0]
+    e = bk.native("exp", bk.sub(x, bk.reduce_max(x, axis)))
+    return bk.divide(e, bk.reduce_sum(e, axis))
+
+
+def direct_variant(**kw):
+    return act.direct_protocol(OP, "jax.nn.softmax: exp(x - max) / sum, SPU defaults", (-512.0, math.inf))
+
+
+def knob_variants():
+    return [
+        *act.knob_protocols(OP, {"denom": {"__compiler__": {"enable_optimize_denominator_with_broadcast": True}}},
+                            "jax.nn.softmax", (-512.0, math.inf)),
+        *act.knob_protocols(OP, {"denom.exp6": {"fxp_exp_iters": 6,
+                                                "__compiler__": {"enable_optimize_denominator_with_broadcast": True}}},
+                            "jax.nn.softmax", (-128.0, math.inf)),
+    ]
+
+
+def variants():
+    return act.standard_variants(OP, direct_variant(), knob_variants())
