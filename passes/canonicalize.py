@@ -59,6 +59,7 @@ def canonicalize(model: onnx.ModelProto, public_inputs: set[str] = frozenset()) 
     for node in reversed(list(model.graph.node)):
         if id(node) in claimed:
             continue
+        in_the_clear = bool(node.output) and node.output[0] in public
         for rule in RULES:
             if node.op_type not in rule.anchors:
                 continue
@@ -66,7 +67,8 @@ def canonicalize(model: onnx.ModelProto, public_inputs: set[str] = frozenset()) 
             if result is None:
                 continue
             if isinstance(result, Decline):
-                declined.append(result)
+                if not in_the_clear:  # a public subgraph costs nothing whatever its shape
+                    declined.append(result)
                 continue
             if any(id(n) in claimed for n in result.nodes):
                 continue
@@ -116,7 +118,12 @@ def _build(view: GraphView, match: Match, extra_inits: list) -> tuple[list[onnx.
         inputs[1:] = [_per_channel(view, match, name, i, prelude, extra_inits) for i, name in
                       enumerate(inputs[1:3])]
     elif match.pattern == "layer_norm":
-        inputs[1:] = [name for name in inputs[1:3]]
+        # The canonical LayerNorm always has scale and bias (the protocol's function body uses both).
+        normalized = view.shape(inputs[0])[match.attrs["axis"]:]
+        for index, fill in ((1, 1.0), (2, 0.0)):
+            if not inputs[index]:
+                inputs[index] = f"cipherdm/{root_name}/{'scale' if index == 1 else 'bias'}"
+                extra_inits.append(numpy_helper.from_array(np.full(normalized, fill, np.float32), inputs[index]))
     node = helper.make_node(CANONICAL_OPS[match.pattern], inputs, [match.output], name=f"cipherdm/{root_name}",
                             domain=CIPHERDM_DOMAIN, **attrs)
     return prelude, CanonicalNode(node, match.pattern, [view.node_name(n) for n in match.nodes],

@@ -427,7 +427,8 @@ def to_onnx_attributes(protocol: Protocol) -> dict:
             elif isinstance(value, str):
                 attrs[key] = value
             elif isinstance(value, (list, tuple)):
-                attrs[key] = [float(v) for v in value]
+                if value:  # ONNX cannot type an empty list attribute; params keeps the empty list
+                    attrs[key] = [float(v) for v in value]
             elif isinstance(value, int):
                 attrs[key] = int(value)
             else:

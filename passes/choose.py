@@ -1,0 +1,148 @@
+"""Per-node protocol choice: the cheapest protocol whose error on the node's calibrated inputs meets the budget.
+
+The error is measured on what the node really sees: the calibrated tensors themselves (softmax rows, norm
+groups, activation values) plus a dense grid over the calibrated interval, so values between the recorded
+ones are covered too. Without calibration the interval is a conservative one per op, and the report says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+import runtime.protocols as protocols
+from runtime.protocols.base import op_module
+from passes.calibrate import TensorStats
+
+# Wide enough for any U-Net activation or attention logit we have seen; used only without calibration data.
+CONSERVATIVE_INTERVALS = {
+    "silu": (-20.0, 20.0), "mish": (-20.0, 20.0), "gelu": (-20.0, 20.0), "sigmoid": (-20.0, 20.0),
+    "tanh": (-20.0, 20.0), "exp": (-20.0, 0.0), "softmax": (-40.0, 40.0), "reciprocal": (0.05, 100.0),
+    "rsqrt": (1e-3, 100.0), "group_norm": (1e-3, 100.0), "layer_norm": (1e-3, 100.0),
+}
+NORMS = ("group_norm", "layer_norm")
+# A calibrated range is widened by this fraction on each side: sampling along one trajectory never sees the
+# exact extremes of another seed.
+MARGIN = 0.10
+GRID_POINTS = 4001
+MAX_SAMPLE_VALUES = 20000
+
+
+@dataclass
+class Choice:
+    protocol: protocols.Protocol | None   # None: no variant meets the budget; the node keeps the direct expression
+    interval: tuple[float, float]
+    error: dict
+    best_rejected: tuple[str, float] | None = None
+
+
+def _variances(op: str, x: np.ndarray, attrs: dict) -> np.ndarray:
+    if op == "group_norm":
+        return x.reshape(x.shape[0], attrs["num_groups"], -1).var(axis=2)
+    axis = attrs.get("axis", -1) % x.ndim
+    return x.reshape(*x.shape[:axis], -1).var(axis=-1)
+
+
+def interval_for(op: str, stats: TensorStats | None, attrs: dict | None = None) -> tuple[float, float]:
+    """The input range a protocol must handle; for the norms, the range of the variances they normalise by."""
+    if stats is None:
+        return CONSERVATIVE_INTERVALS[op]
+    if op in NORMS:
+        variances = np.concatenate([_variances(op, case, attrs or {}).reshape(-1) for case in stats.cases])
+        return (float(variances.min()) / (1 + MARGIN), float(variances.max()) * (1 + MARGIN))
+    low, high = stats.low, stats.high
+    if op == "softmax":
+        # The protocol sees x - max(x) along the axis: its range is [-(spread), 0].
+        spread = max(high - low, 1e-6)
+        return (-spread * (1 + MARGIN), 0.0)
+    width = max(high - low, 1e-6)
+    return (low - MARGIN * width, high + MARGIN * width)
+
+
+def op_kwargs(op: str, attrs: dict) -> dict:
+    keys = {"softmax": ("axis",), "group_norm": ("num_groups", "epsilon"), "layer_norm": ("axis", "epsilon"),
+            "gelu": ("approximate",)}.get(op, ())
+    return {k: attrs[k] for k in keys if k in attrs}
+
+
+def _synthetic_norm_input(op: str, shape: tuple, attrs: dict, interval) -> np.ndarray:
+    """Without calibration: a tensor of the node's shape whose variances span the conservative range."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape)
+    if op == "group_norm":
+        groups = x.reshape(shape[0], attrs["num_groups"], -1)
+    else:
+        axis = attrs.get("axis", -1) % len(shape)
+        groups = x.reshape(*shape[:axis], -1).reshape(-1, 1, int(np.prod(shape[axis:])))
+    scales = np.sqrt(np.geomspace(interval[0], interval[1], groups.shape[0] * groups.shape[1]))
+    groups = groups * scales.reshape(groups.shape[0], groups.shape[1], 1)
+    return groups.reshape(shape)
+
+
+def _sample_inputs(op: str, shape: tuple, attrs: dict, stats: TensorStats | None, interval,
+                   extra_inputs: list[np.ndarray]) -> list[tuple]:
+    """Input tuples to measure the error on: the calibrated tensors, and a dense grid for elementwise ops."""
+    sets = []
+    if op in NORMS:
+        cases = stats.cases if stats is not None else [_synthetic_norm_input(op, shape, attrs, interval)]
+        return [(case, *extra_inputs) for case in cases]
+    if op == "softmax":
+        if stats is None:
+            return [tuple(op_module(op).samples(interval, GRID_POINTS))]
+        return [(case,) for case in stats.cases]
+    grid = np.linspace(interval[0], interval[1], GRID_POINTS)
+    sets.append((grid,))
+    if stats is not None:
+        values = np.concatenate([c.reshape(-1) for c in stats.cases])
+        if values.size > MAX_SAMPLE_VALUES:
+            values = np.random.default_rng(0).choice(values, MAX_SAMPLE_VALUES, replace=False)
+        sets.append((values,))
+    return sets
+
+
+def measure(protocol: protocols.Protocol, op: str, sample_sets: list[tuple], kwargs: dict) -> dict:
+    worst, total, count = 0.0, 0.0, 0
+    for inputs in sample_sets:
+        err = protocol.error(*inputs, **kwargs)
+        worst = max(worst, err["max"])
+        size = int(np.size(inputs[0]))
+        total += err["mean"] * size
+        count += size
+    return {"max": worst, "mean": total / max(count, 1)}
+
+
+def choose(op: str, shape: tuple, attrs: dict, stats: TensorStats | None, budget: float,
+           extra_inputs: list[np.ndarray], knobs_in_use: protocols.SpuKnobs) -> Choice:
+    interval = interval_for(op, stats, attrs)
+    kwargs = op_kwargs(op, attrs)
+    cost_kw = {k: v for k, v in kwargs.items() if k in ("num_groups", "axis")}
+    sample_sets = _sample_inputs(op, shape, attrs, stats, interval, extra_inputs)
+    ranked = sorted(protocols.variants(op), key=lambda p: (p.cost(shape, **cost_kw).bytes, p.name))
+    best_rejected = None
+    for candidate in ranked:
+        if candidate.family == "direct":
+            continue
+        if candidate.knobs and candidate.knobs.conflicts(knobs_in_use):
+            continue
+        if not candidate.covers(*interval):
+            continue
+        error = measure(candidate, op, sample_sets, kwargs)
+        if error["max"] <= budget:
+            return Choice(candidate, interval, error, best_rejected)
+        if best_rejected is None or error["max"] < best_rejected[1]:
+            best_rejected = (candidate.name, error["max"])
+    direct = protocols.direct(op, **({"approximate": attrs.get("approximate", "none")} if op == "gelu" else {}))
+    return Choice(None, interval, measure(direct, op, sample_sets, kwargs), best_rejected)
+
+
+def error_curve(protocol: protocols.Protocol, op: str, interval, attrs: dict, points: int = 96) -> list[list[float]]:
+    """|protocol - reference| over the interval, for the report's plots (elementwise ops only)."""
+    if op == "softmax" or op in NORMS:
+        return []
+    xs = np.linspace(interval[0], interval[1], points)
+    kwargs = op_kwargs(op, attrs)
+    ref_kw = dict(kwargs)
+    run_kw = {k: v for k, v in kwargs.items() if k != "approximate"}
+    errors = np.abs(protocol.numpy_fn(xs, **run_kw) - protocol.reference(xs, **ref_kw))
+    return [[float(x), float(e)] for x, e in zip(xs, errors)]
