@@ -47,6 +47,7 @@ from compiler.errors import CipherdmError
 from compiler.spu_compile import MODEL_OWNER, PUBLIC, USER
 
 EXIT_PEER_FAILED = 3
+LINGER_S = 1.0
 ROLES_WITH_DATA = (USER, MODEL_OWNER)
 
 
@@ -498,6 +499,9 @@ class PartySession:
         # stop_link fails with "Invalid argument"): one stop waits for every message's acknowledgement.
         self.link.stop_link()
         self.link = None
+        # A peer may still wait for brpc's response to the last message it sent here; a process that exits
+        # at once drops it, and the peer's retries then end that peer with exit code 255. Linger a moment.
+        time.sleep(LINGER_S)
 
     def close(self) -> None:
         """After an error: stop watching. The process should exit now (peers learn of it by heartbeats)."""
