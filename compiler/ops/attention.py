@@ -67,6 +67,13 @@ def attention(ctx):
     elif np.ndim(q) != 4:
         refuse(ctx, f"Q must be 3-D or 4-D, got rank {np.ndim(q)}")
     dtype = dtype_of(q)
+    if dtype in (np.float16, jnp.bfloat16):
+        # Half-precision inputs are computed in float32 and rounded once at the end, like onnxruntime.
+        q, k, v = (t.astype(np.float32) for t in (q, k, v))
+        past_key, past_value = (None if t is None else t.astype(np.float32) for t in (past_key, past_value))
+        if mask is not None and dtype_of(mask) != np.bool_:
+            mask = mask.astype(np.float32)
+    out_dtype, dtype = dtype, dtype_of(q)
     scale = ctx.attr("scale")
     scale = 1.0 / np.sqrt(np.shape(q)[-1]) if scale is None else scale
     past_length = 0
@@ -124,4 +131,4 @@ def attention(ctx):
             outputs.append(probabilities.astype(dtype))
         else:
             refuse(ctx, f"qk_matmul_output_mode {mode}")
-    return tuple(outputs)
+    return tuple(o.astype(out_dtype) for o in outputs)

@@ -125,5 +125,6 @@ def lp_normalization(ctx):
         norm = jnp.sqrt(jnp.sum(x * x, axis=axis, keepdims=True))
     else:
         refuse(ctx, f"p={p} (only 1 and 2 are defined)")
-    return x / norm
+    # A zero vector stays zero (the reference's convention) instead of 0/0.
+    return jnp.where(norm == 0, jnp.zeros((), dtype_of(x)), x / jnp.where(norm == 0, jnp.ones((), dtype_of(x)), norm))
 

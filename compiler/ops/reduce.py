@@ -27,8 +27,12 @@ def _extreme(fn, empty_value):
         initial = None
         if any(np.shape(x)[a] == 0 for a in axes):
             dt = dtype_of(x)
-            initial = empty_value if jnp.issubdtype(dt, jnp.floating) else (
-                np.iinfo(dt).min if empty_value < 0 else np.iinfo(dt).max)
+            if dt == np.bool_:
+                initial = empty_value > 0
+            elif jnp.issubdtype(dt, jnp.floating):
+                initial = empty_value
+            else:
+                initial = np.iinfo(dt).min if empty_value < 0 else np.iinfo(dt).max
         return fn(x, axis=axes, keepdims=True, initial=initial)
     return reduce
 
