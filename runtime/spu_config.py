@@ -17,9 +17,10 @@ from dataclasses import dataclass, replace
 
 from compiler.errors import CipherdmError
 
-PROTOCOLS = ("ABY3", "SEMI2K", "REF2K", "CHEETAH")
+# Three-party protocols only: the runners are built for three compute parties (CHEETAH is two-party).
+PROTOCOLS = ("ABY3", "SEMI2K", "REF2K")
 FIELDS = {"FM32": 32, "FM64": 64, "FM128": 128}
-WORLD_SIZES = {"ABY3": 3, "SEMI2K": 3, "REF2K": 3, "CHEETAH": 2}
+WORLD_SIZES = {"ABY3": 3, "SEMI2K": 3, "REF2K": 3}
 
 DEFAULT_PROTOCOL = "ABY3"
 DEFAULT_FIELD = "FM64"

@@ -114,3 +114,26 @@ def test_sim_recompiles_an_artifact_from_another_spu_version_and_bytes_are_stabl
     assert len(totals) == 1  # the same program sends the same 3-party total every run
     a, b = np.load(tmp_path / "m.cdm.npz"), np.load(tmp_path / "old.cdm.npz")
     np.testing.assert_allclose(a["y"], b["y"], atol=0.02)
+
+
+def test_sim_session_keeps_secret_values_between_runs():
+    """The sampler's pattern: one step program run repeatedly on a secret state that never leaves SPU."""
+    from spu import libspu
+
+    from runtime.simulate import SimSession
+    from runtime.spu_profile import compile_jax
+
+    x0, w = np.ones(4, np.float32), np.arange(4, dtype=np.float32)
+    exe, _ = compile_jax(lambda x, w, t: x * 0.5 + w * t, [x0, w, np.float32(1)], ["secret", "secret", "public"])
+    exe = libspu.Executable("step", ["x", "w", "t"], ["x_next"], exe.code)
+    sim = SimSession()
+    sim.set_secret("x", x0)
+    sim.set_secret("w", w)
+    expected = x0.astype(np.float64)
+    for t in (3, 2, 1):
+        sim.set_public("t", np.float32(t))
+        profile = sim.run(exe)
+        sim.rename("x_next", "x")
+        expected = expected * 0.5 + w * t
+        assert profile.total_bytes > 0 and profile.rounds > 0  # the secret products are truncated
+    np.testing.assert_allclose(sim.reveal(["x"])["x"], expected, atol=1e-3)

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -37,6 +38,24 @@ def run(args) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _exit_on_signals(rank: int, write_status) -> None:
+    """Ctrl-C and SIGTERM end the party at once, even while SPU blocks the main thread in C++ (where Python's
+    own handlers would wait for it): the signals are blocked in every thread (brpc's threads, started later,
+    inherit the mask) and one thread waits for them."""
+    wanted = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
+
+    def wait() -> None:
+        signum = signal.sigwait(wanted)
+        name = signal.Signals(signum).name
+        print(f"cipherdm party: party {rank} stopped by {name}", file=sys.stderr, flush=True)
+        write_status({"rank": rank, "ok": False, "error": f"party {rank} was stopped by {name}",
+                      "kind": "Signal"})
+        os._exit(128 + signum)
+
+    threading.Thread(target=wait, name="signals", daemon=True).start()
 
 
 def _die_with_supervisor() -> None:
@@ -70,12 +89,7 @@ def _run(args) -> int:
         write_status({"rank": args.rank, "ok": False, "error": message, "kind": "PeerFailure"})
         os._exit(EXIT_PEER_FAILED)
 
-    def terminated(signum, frame):
-        write_status({"rank": args.rank, "ok": False, "error": f"party {args.rank} was stopped by signal "
-                      f"{signal.Signals(signum).name}"})
-        os._exit(128 + signum)
-
-    signal.signal(signal.SIGTERM, terminated)
+    _exit_on_signals(args.rank, write_status)
     _die_with_supervisor()
     log_path = args.spu_log or f"{args.program}.party{args.rank}.log"
     try:
@@ -92,10 +106,6 @@ def _run(args) -> int:
         print(f"cipherdm party: error: {exc}", file=sys.stderr)
         write_status({"rank": args.rank, "ok": False, "error": str(exc), "kind": type(exc).__name__})
         return 2
-    except KeyboardInterrupt:
-        print("cipherdm party: interrupted", file=sys.stderr)
-        write_status({"rank": args.rank, "ok": False, "error": f"party {args.rank} was interrupted"})
-        return 130
     except BaseException as exc:  # noqa: BLE001 - a bug: report it with its traceback, still leave cleanly
         traceback.print_exc()
         write_status({"rank": args.rank, "ok": False, "error": f"{type(exc).__name__}: {exc}",
