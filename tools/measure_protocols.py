@@ -58,6 +58,10 @@ def measure_primitives(n: int = PRIMITIVE_ELEMENTS) -> dict:
         "bit_and": (lambda a: jnp.where((jnp.concatenate([a, a]) > 0.5)[:n] & (jnp.concatenate([a, a]) > 0.5)[n:],
                                         a, 0.0), [x], "compare2_select"),
         "compare2_select": (lambda a: jnp.where((jnp.concatenate([a, -a]) > 0.5)[:n], a, 0.0), [x], None),
+        # one predicate, two selects with secret branches: b2a once + mul_aa per select
+        "shared2": (lambda a: (lambda s: jnp.where(s, a, -a) + jnp.where(s, a + a, 1 - a))(a > 0.5), [x], "compare"),
+        "shared3": (lambda a: (lambda s: jnp.where(s, a, -a) + jnp.where(s, a + a, 1 - a) +
+                                         jnp.where(s, 1 + a, a - a - a))(a > 0.5), [x], "compare"),
     }
     raw = {}
     for name, (fn, args, _) in cases.items():
@@ -72,7 +76,12 @@ def measure_primitives(n: int = PRIMITIVE_ELEMENTS) -> dict:
             mb, mr = raw[minus]
             b, rounds = b - mb, rounds - mr
         out[name] = {"bytes": round(b, 3), "rounds": int(rounds)}
-    # compare2_select measured 2n compared elements + one select of n: bit_and = its remainder
+    # shared2 = first + one more; shared3 = first + two more
+    two, three = out.pop("shared2"), out.pop("shared3")
+    again = {"bytes": round(three["bytes"] - two["bytes"], 3), "rounds": three["rounds"] - two["rounds"]}
+    out["select_shared"] = again
+    out["select_shared_first"] = {"bytes": round(two["bytes"] - again["bytes"], 3),
+                                  "rounds": two["rounds"] - again["rounds"]}
     return out
 
 
@@ -210,13 +219,13 @@ def measure_protocol(p) -> dict:
 
 def print_table(rows: list[dict], file=sys.stdout) -> None:
     head = f"{'protocol':44s} {'elements':>8s} {'MiB':>8s} {'rounds':>6s} {'model MiB':>9s} {'dev':>6s} " \
-           f"{'SPU err':>9s} {'emul err':>9s}"
+           f"{'model r':>7s} {'SPU err':>9s} {'emul err':>9s}"
     print(head, file=file)
     print("-" * len(head), file=file)
     for m in rows:
         dev = (m["predicted_bytes"] - m["bytes"]) / m["bytes"] if m["bytes"] else 0.0
         print(f"{m['protocol']:44s} {m['elements']:8d} {m['bytes'] / 2 ** 20:8.2f} {m['rounds']:6d} "
-              f"{m['predicted_bytes'] / 2 ** 20:9.2f} {dev:+6.1%} {m['spu_max_error']:9.2e} "
+              f"{m['predicted_bytes'] / 2 ** 20:9.2f} {dev:+6.1%} {m['predicted_rounds']:7d} {m['spu_max_error']:9.2e} "
               f"{m['emulated_max_error']:9.2e}", file=file)
 
 

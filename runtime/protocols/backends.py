@@ -395,8 +395,8 @@ class OnnxBackend(Backend):
     name = "onnx"
 
     def __init__(self, opset: int = 18):
-        if opset < 18:
-            raise ValueError("cipherdm function bodies use opset >= 18 (ReduceMax with an axes input)")
+        if opset < 13:
+            raise ValueError("cipherdm function bodies need opset >= 13")
         self.opset = opset
         self.nodes: list = []
         self._counter = 0
@@ -455,12 +455,12 @@ class OnnxBackend(Backend):
             return self._ints([int(ref)])
         key = ("attr_ints", ref.name)
         if key not in self._consts:
-            out = self._name(f"attr_{ref.name}")
-            node = helper.make_node("Constant", [], [out])
-            node.attribute.append(AttributeProto(name="value_ints", ref_attr_name=ref.name,
-                                                 type=AttributeProto.INTS))
+            scalar = self._name(f"attr_{ref.name}")
+            node = helper.make_node("Constant", [], [scalar])
+            node.attribute.append(AttributeProto(name="value_int", ref_attr_name=ref.name,
+                                                 type=AttributeProto.INT))
             self.nodes.append(node)
-            self._consts[key] = out
+            self._consts[key] = self.node("Reshape", [scalar, self._ints([1])], f"attr_{ref.name}_1d")
         return self._consts[key]
 
     def const(self, value, like=None):
@@ -499,9 +499,26 @@ class OnnxBackend(Backend):
         axes = axis if isinstance(axis, (tuple, list)) else (axis,)
         return self._ints([int(a) for a in axes], "axes")
 
-    def reduce_max(self, x, axis): return self.node("ReduceMax", [x, self._axes(axis)], keepdims=1)
+    def reduce_max(self, x, axis):
+        # TopK(k=1) takes the axis as an INT attribute in every opset (ReduceMax moved axes to an input at 18),
+        # so one body serves models of any opset and the node's own `axis` attribute.
+        from onnx import AttributeProto, helper
+        values, indices = self._name("max"), self._name("argmax")
+        node = helper.make_node("TopK", [x, self._ints([1], "k")], [values, indices], largest=1, sorted=1)
+        if isinstance(axis, AttrRef):
+            node.attribute.append(AttributeProto(name="axis", ref_attr_name=axis.name, type=AttributeProto.INT))
+        else:
+            node.attribute.append(helper.make_attribute("axis", int(axis)))
+        self.nodes.append(node)
+        return values
+
     def reduce_sum(self, x, axis): return self.node("ReduceSum", [x, self._axes(axis)], keepdims=1)
-    def mean(self, x, axis): return self.node("ReduceMean", [x, self._axes(axis)], keepdims=1)
+
+    def mean(self, x, axis):
+        if self.opset < 18 and not isinstance(axis, AttrRef):
+            axes = list(axis) if isinstance(axis, (tuple, list)) else [int(axis)]
+            return self.node("ReduceMean", [x], axes=axes, keepdims=1)
+        return self.node("ReduceMean", [x, self._axes(axis)], keepdims=1)
 
     def native(self, fn, x):
         if fn == "rsqrt":
@@ -596,6 +613,7 @@ class CostBackend(Backend):
         self.table = table
         self.knobs = knobs
         self.tally = CostTally()
+        self._bit_uses: dict = {}
 
     def _charge(self, prim: str, elements: int):
         b, r = self.table.primitive(prim)
@@ -651,14 +669,19 @@ class CostBackend(Backend):
 
     def select_many(self, items):
         outs = [self._lin(bit, a, *([] if b is None else [b])) for bit, a, b in items]
+        if len(items) == 1:
+            bit, a, b = items[0]
+            if not bit.public and b is not None and not (a.public or b.public):
+                return [self._shared_select(bit, outs[0])]
         secret = public = 0
+        all_public = all(a.public and (b is None or b.public) for bit, a, b in items if not bit.public)
         for (bit, a, b), o in zip(items, outs):
             if bit.public:
                 continue
-            if a.public and (b is None or b.public):
-                public += o.size        # both branches public: cheaper (no multiplication of shares)
+            if all_public:
+                public += o.size        # public branches: no multiplication of shares
             else:
-                secret += o.size
+                secret += o.size        # (a batch mixing public and secret branches is secret as a whole)
         rounds = 0
         for prim, n in (("select", secret), ("select_public", public)):
             if n:
@@ -668,6 +691,22 @@ class CostBackend(Backend):
                 rounds = max(rounds, r)
         self.tally.rounds += rounds
         return outs
+
+    def _shared_select(self, bit, out):
+        """where(bit, a, b) with two secret branches: SPU converts a predicate used by several such selects to
+        arithmetic once (b2a) and multiplies (mul_aa) per select, instead of mul_a1b each time."""
+        uses = self._bit_uses.setdefault(id(bit), [bit, 0])
+        uses[1] += 1
+        if uses[1] == 1:
+            b, r = self.table.primitive("select")
+            self.tally.charge("select", b * out.size, r)
+        else:
+            first = self.table.primitive("select_shared_first") if uses[1] == 2 else (0.0, 0)
+            sel = self.table.primitive("select")
+            again = self.table.primitive("select_shared")
+            extra = (first[0] - sel[0] if uses[1] == 2 else 0.0) + again[0]
+            self.tally.charge("select", extra * out.size, again[1])
+        return out
 
     def bit_xor(self, a, b): return self._lin(a, b)
     def bit_not(self, a): return self._lin(a)

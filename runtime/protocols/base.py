@@ -219,6 +219,17 @@ class Protocol:
         samples = mod.samples(interval or self.interval or mod.DEFAULT_INTERVAL, n)
         return self.error(*samples, **{**getattr(mod, "SAMPLE_KW", {}), **kw})["max"]
 
+    @property
+    def measured(self) -> dict | None:
+        """This variant as measured under SPU by tools/measure_protocols.py (bytes, rounds, spu_max_error on
+        ~2^16 inputs spread over its interval), or None. The numpy emulation does not model fixed-point
+        rounding: where ``spu_max_error`` is much larger than the emulated error, trust the former."""
+        from runtime.protocols.cost_model import load_table
+        for m in load_table().data.get("measurements", []):
+            if m["protocol"] == self.name:
+                return m
+        return None
+
     def covers(self, low: float, high: float) -> bool:
         """Whether inputs in [low, high] keep the output sane (no wrap-around or divergence)."""
         return self.sane[0] <= low and high <= self.sane[1]
@@ -522,10 +533,11 @@ def runtime_kwargs(op: str, attrs: dict) -> dict:
 
 def function_proto(protocol: Protocol, opset: int = 18, overload: str | None = None):
     """An ONNX FunctionProto (domain cipherdm, name = op type, overload = protocol name) with the protocol's
-    plaintext semantics, built from the same code as numpy_fn (computing in float32 in onnxruntime)."""
+    plaintext semantics, built from the same code as numpy_fn (computing in float32 in onnxruntime). ``opset``
+    must be the model's default-domain opset (the checker requires functions to import the same version)."""
     from onnx import helper
 
-    bk = OnnxBackend(max(int(opset), 18))
+    bk = OnnxBackend(int(opset))
     input_names = list(INPUT_NAMES.get(protocol.op, ("X",)))
     kw = {key: AttrRef(key, typ) for key, (typ, _) in OP_ATTRIBUTES.get(protocol.op, {}).items()
           if typ in ("int", "float")}
@@ -539,7 +551,7 @@ def function_proto(protocol: Protocol, opset: int = 18, overload: str | None = N
         else:
             defaults.append(helper.make_attribute(key, default))
     fn = helper.make_function(DOMAIN, protocol.op_type, input_names, ["Y"], bk.nodes,
-                              [helper.make_opsetid("", max(int(opset), 18))], attributes=attribute_names)
+                              [helper.make_opsetid("", int(opset))], attributes=attribute_names)
     fn.attribute_proto.extend(defaults)
     fn.overload = protocol.name if overload is None else overload
     fn.doc_string = f"cipherdm protocol {protocol.name}: {protocol.description}"
@@ -560,7 +572,7 @@ def add_functions(model, protocols: Sequence[Protocol], opset: int | None = None
     raise the IR version to 10 (function overloads)."""
     from onnx import helper
     if opset is None:
-        opset = max([o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] + [18])
+        opset = max([o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] + [13])
     have = {(f.domain, f.name, f.overload) for f in model.functions}
     for p in protocols:
         key = (DOMAIN, p.op_type, p.name)

@@ -12,7 +12,9 @@ Primitives (bytes per element over the three parties, rounds per op):
 * ``trunc``: secret x public fixed-point product (local product + truncation); also the public dot of a
   polynomial (``dot``) and a mean
 * ``compare``: x > c (msb of x - c via a2b)
-* ``select``: where(bit, a, b) (mul_a1b); ``select_public``: where(bit, c1, c2) with public c1, c2
+* ``select``: where(bit, a, b) (mul_a1b); ``select_public``: where(bit, c1, c2) with public c1, c2;
+  ``select_shared_first`` / ``select_shared``: a predicate used by several selects with two secret branches is
+  converted once (b2a) and then costs one mul_aa per select
 * ``bit_and``: AND of two comparison bits
 * ``reduce_max``: per element of a max over an axis of length n, (n-1)/n x (compare + select); rounds
   ceil(log2 n) x (compare + select rounds) + 1
@@ -61,6 +63,7 @@ PROVISIONAL = {
         "mul": {"bytes": 52.0, "rounds": 3}, "trunc": {"bytes": 28.0, "rounds": 2},
         "dot": {"bytes": 28.0, "rounds": 2}, "compare": {"bytes": 108.0, "rounds": 8},
         "select": {"bytes": 64.0, "rounds": 3}, "select_public": {"bytes": 32.0, "rounds": 2},
+        "select_shared_first": {"bytes": 56.0, "rounds": 3}, "select_shared": {"bytes": 24.0, "rounds": 1},
         "bit_and": {"bytes": 3.0, "rounds": 1},
     },
     "reduce_max": {"bytes_per_pair": 172.0, "rounds_per_level": 11, "extra_rounds": 1},

@@ -93,8 +93,8 @@ def exp_square_eval(bk, p, x, saturate: bool = False):
     if saturate:
         above_low, above_zero = bk.compare_many([(x, ">", float(p["lower"])), (x, ">", 0.0)])
         inside = bk.bit_xor(above_low, above_zero)
-        kept, one = bk.select_many([(inside, q, None), (above_zero, bk.const(1.0, q), None)])
-        q = bk.add(kept, one)
+        # two ops, not one batch: a batch mixing a secret and a public branch is charged as secret by SPU
+        q = bk.add(bk.where(inside, q), bk.where(above_zero, bk.const(1.0, q)))
     elif p.get("clip", True):
         q = bk.where(bk.greater(x, float(p["lower"])), q)
     for _ in range(squarings):
