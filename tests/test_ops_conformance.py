@@ -599,3 +599,21 @@ def test_normalization_resize_attention(case):
                          ids=lambda c: c.id)
 def test_normalization_attention_with_weights(case):
     run_case(case, as_weights=set(list(case.data)[1:]))
+
+
+# Features cipherdm deliberately does not lower fail with one LoweringError that names the node and the reason.
+REFUSED = [
+    (Case("Dropout_training", "Dropout", {"x": f32(3, 4)}, params={"r": np.array(0.5, np.float32),
+                                                                 "t": np.array(True)}, opset=13), "training_mode"),
+    (Case("MaxPool_indices", "MaxPool", {"x": f32(1, 2, 4, 4)}, {"kernel_shape": [2, 2]}, outputs=2), "Indices"),
+    (Case("Reshape_runtime_shape", "Reshape", {"x": f32(2, 3), "s": i64(3, 2)}), "must be known at compile time"),
+    (Case("BatchNormalization_training", "BatchNormalization",
+          {"x": _N, "s": f32(6), "b": f32(6), "m": f32(6), "v": f32(6, lo=0.5, hi=2)}, {"training_mode": 1},
+          outputs=3), "training mode"),
+]
+
+
+@pytest.mark.parametrize("case, reason", REFUSED, ids=lambda c: getattr(c, "id", ""))
+def test_refused_features_raise_a_clear_error(case, reason):
+    with pytest.raises(compiler.LoweringError, match=reason):
+        compiler.lower(compiler.load_model(case.model()))

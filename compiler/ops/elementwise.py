@@ -72,10 +72,6 @@ def _round(x):
     return jnp.round(x) if jnp.issubdtype(dtype_of(x), jnp.floating) else x
 
 
-def _sign(x):
-    return jnp.sign(x)
-
-
 for _name, _fn in {
     "Add": jnp.add, "Sub": jnp.subtract, "Mul": jnp.multiply, "Div": _div,
     "Equal": jnp.equal, "Less": jnp.less, "LessOrEqual": jnp.less_equal, "Greater": jnp.greater,
@@ -86,7 +82,7 @@ for _name, _fn in {
 for _name, _fn in {
     "Neg": jnp.negative, "Abs": jnp.abs, "Exp": jnp.exp, "Log": jnp.log, "Sqrt": jnp.sqrt,
     "Reciprocal": jnp.reciprocal, "Tanh": jnp.tanh, "Sin": jnp.sin, "Cos": jnp.cos, "Floor": jnp.floor,
-    "Ceil": jnp.ceil, "Not": jnp.logical_not, "Sign": _sign, "Identity": lambda x: x, "Erf": _erf_any,
+    "Ceil": jnp.ceil, "Not": jnp.logical_not, "Sign": jnp.sign, "Identity": lambda x: x, "Erf": _erf_any,
     "Round": _round, "IsNaN": jnp.isnan,
 }.items():
     _unary(_name, _fn)
@@ -101,8 +97,8 @@ def pow_(ctx):
         values = np.unique(np.asarray(exponent))
         # A constant exponent (x^2 in LayerNorm decompositions, x^3 in tanh-GELU) becomes multiplications or a
         # square root: jnp.power would be exp(y*log(x)), costly under MPC and wrong for negative x.
-        if values.size == 1 and np.ndim(exponent) <= np.ndim(base):
-            e = float(values[0])
+        e = float(values[0]) if values.size == 1 else np.nan
+        if np.isfinite(e):
             shape = jnp.broadcast_shapes(np.shape(base), np.shape(exponent))
             if e == int(e) and abs(e) <= 16:
                 result = jax.lax.integer_pow(base, int(e)) if e >= 0 else 1.0 / jax.lax.integer_pow(base, -int(e))
