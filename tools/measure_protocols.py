@@ -4,6 +4,7 @@ and calibrate the cost model: writes runtime/protocols/coefficients/costs.json a
     python -m tools.measure_protocols                 # primitives, natives, then every variant (a few minutes)
     python -m tools.measure_protocols --only silu,softmax --no-write
     python -m tools.measure_protocols --primitives --natives   # only the cost-model inputs
+    python -m tools.measure_protocols --table                  # the stored table as Markdown
 
 Per variant: elements, measured 3-party MiB and rounds (largest per-party count of send actions), the cost
 model's prediction and its deviation, and the max abs error of SPU's output against the float64 reference on a
@@ -238,7 +239,12 @@ def main(argv=None) -> int:
     parser.add_argument("--primitives", action="store_true", help="measure the primitive costs")
     parser.add_argument("--natives", action="store_true", help="measure SPU's natives under the knobs variants use")
     parser.add_argument("--no-write", action="store_true", help="print, do not update costs.json")
+    parser.add_argument("--table", action="store_true", help="print the stored measurements as Markdown; run nothing")
     args = parser.parse_args(argv)
+    if args.table:
+        from runtime.protocols.cost_model import COSTS_PATH as path
+        print(markdown_table(json.loads(path.read_text())))
+        return 0
 
     from runtime.protocols import base
     from runtime.protocols.cost_model import COSTS_PATH, reload_table
@@ -293,6 +299,40 @@ def main(argv=None) -> int:
         save()
     print(f"done in {time.perf_counter() - started:.0f} s")
     return 0
+
+
+def markdown_table(data: dict) -> str:
+    """The stored measurements as a Markdown table: one row per variant, ratios against the op's direct run."""
+    from runtime.protocols import base
+    measured = {m["protocol"]: m for m in data.get("measurements", [])}
+    lines = ["| variant | interval | segments x degree | comparisons/elt | max err (emulated) | max err (SPU) | "
+             "MiB | rounds | bytes vs direct |", "|---|---|---|---|---|---|---|---|---|"]
+    for op in base.OPS:
+        direct = measured.get(base.direct(op).name)
+        for p in base.variants(op):
+            m = measured.get(p.name)
+            if m is None:
+                continue
+            params = p.params
+            if p.family == "abs_piecewise":
+                shape = f"{len(params['segments'])} x {params['degree']}"
+            elif p.family in ("exp_square", "softmax_max", "softmax_shift"):
+                e = params.get("exp", params)
+                shape = f"deg {e['degree']}, {e['squarings']} sq"
+            elif p.family.startswith("newton"):
+                shape = f"{params['segments']} x {params['degree']}, {params['newton_steps']} Newton"
+            elif p.family == "norm":
+                r = params["rsqrt"].get("params")
+                shape = f"rsqrt {r['segments']} x {r['degree']}, {r['newton_steps']} Newton" if r else "SPU rsqrt"
+            else:
+                shape = "SPU" + (f" {json.dumps(p.knobs.to_json(), separators=(',', ':'))}" if p.knobs else "")
+            interval = f"[{p.interval[0]:g}, {p.interval[1]:g}]" if p.interval else "-"
+            comparisons = p.cost(m["shape"], **({"num_groups": 32} if op == "group_norm" else {})).comparisons
+            ratio = f"{direct['bytes'] / m['bytes']:.2f}x less" if direct and p.name != direct["protocol"] else "-"
+            lines.append(f"| {p.name} | {interval} | {shape} | {comparisons / m['elements']:.2g} | "
+                         f"{m['emulated_max_error']:.2g} | {m['spu_max_error']:.2g} | {m['bytes'] / 2 ** 20:.2f} | "
+                         f"{m['rounds']} | {ratio} |")
+    return "\n".join(lines)
 
 
 def _spu_version() -> str:

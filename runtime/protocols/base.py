@@ -235,13 +235,17 @@ class Protocol:
         return self.sane[0] <= low and high <= self.sane[1]
 
     # --- cost ------------------------------------------------------------------------------------------
-    def cost(self, shape: Sequence[int] | int, axis: int | None = None, **kw) -> Cost:
+    def cost(self, shape: Sequence[int] | int, axis: int | None = None, program_knobs: SpuKnobs | None = None,
+             **kw) -> Cost:
         """Estimated bytes and rounds for one call on a secret input of ``shape`` (ABY3/FM64).
 
         SoftMax: ``axis`` (default -1); GroupNorm: ``num_groups`` (pass it; default 1); LayerNorm: ``axis``
-        (first normalised axis, default -1)."""
+        (first normalised axis, default -1). ``program_knobs``: SPU knobs the whole program runs with (they also
+        change the SPU functions a protocol calls, e.g. softmax's per-row reciprocal); the protocol's own knobs
+        are added on top."""
         shape = (int(shape),) if np.ndim(shape) == 0 else tuple(int(d) for d in shape)
-        backend = CostBackend(load_table(), self.knobs.to_json())
+        knobs = self.knobs if program_knobs is None else program_knobs.merged(self.knobs)
+        backend = CostBackend(load_table(), knobs.to_json())
         inputs = [Sym(shape)]
         kw = {k: v for k, v in kw.items() if k != "approximate"}
         if self.op == "group_norm":

@@ -52,6 +52,7 @@ def build(spec: dict) -> dict:
     proto = Protocol(name, OP, "norm", params, interval=tuple(rs.interval), description=f"{DESCRIPTION} ({rs.name})")
     err = proto.error(*samples(rs.interval, 0), **SAMPLE_KW)
     return {**proto.to_json(), "fit": {"max_error": act._r1(err["max"]), "mean_error": act._r1(err["mean"]),
+                                       "fixed_point_rel_floor": rs.fit.get("fixed_point_rel_floor", 0.0),
                                        "samples": "x [16, 24], row variances geometric over the interval"}}
 
 

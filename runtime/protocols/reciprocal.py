@@ -72,6 +72,9 @@ def build_newton(op, family, spec, power, description):
     return {**proto.to_json(), "fit": {
         "max_error": act._r1(float(np.max(np.abs(got - want)))), "max_rel_error": act._r1(float(np.max(rel))),
         "guess_rel_error": act._r1(guess_err), "comparisons_per_element": proto.comparisons_per_element(),
+        # FM64 keeps 18 fraction bits: an input near the low end carries ~2^-18 / low relative rounding, which
+        # no approximation can undo (the emulation above is float64)
+        "fixed_point_rel_floor": act._r1(2.0 ** -18 / params["interval"][0]),
         "grid": "40001 geometric"}}
 
 
