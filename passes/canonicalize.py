@@ -17,7 +17,7 @@ from compiler.registry import CIPHERDM_DOMAIN
 from passes.cleanup import remove_dead_code
 from passes.graph_view import GraphView
 from passes.match import Decline, Match
-from passes.public import public_tensors
+from passes.public import public_initializers, public_tensors
 from passes.rules.norms import GroupNormRule, LayerNormRule
 from passes.rules.pointwise import PointwiseRule
 from passes.rules.softmax import SoftmaxRule
@@ -52,7 +52,7 @@ class CanonicalizeResult:
 
 def canonicalize(model: onnx.ModelProto, public_inputs: set[str] = frozenset()) -> CanonicalizeResult:
     view = GraphView(model)
-    public = public_tensors(model, set(public_inputs))
+    public = public_tensors(model, set(public_inputs) | public_initializers(model, set(public_inputs)))
     claimed: set[int] = set()
     matches: list[Match] = []
     declined: list[Decline] = []

@@ -16,6 +16,7 @@ import runtime.protocols as protocols
 from passes.calibrate import TensorStats, calibrate
 from passes.canonicalize import canonicalize
 from passes.choose import choose, error_curve
+from passes.expand_attention import EXPANDED_FROM, expand_attention
 from passes.graph_view import GraphView
 from passes.report import add_totals, empty_report
 
@@ -35,11 +36,12 @@ def rewrite(model: onnx.ModelProto, *, public_inputs=frozenset(), calibration: l
 
     ``calibration`` is a list of input dicts (one per case); without it conservative ranges are used.
     """
-    model = _at_least_opset_18(model)
+    model, attention_declined = expand_attention(_at_least_opset_18(model))
+    expanded_from = {n.name: m.value for n in model.graph.node for m in n.metadata_props if m.key == EXPANDED_FROM}
     canon = canonicalize(model, set(public_inputs))
     report = empty_report("cipherdm")
     report["budget"] = budget
-    report["declined"] = [d.to_json() for d in canon.declined]
+    report["declined"] = [d.to_json() for d in attention_declined + canon.declined]
     watched = [c.node.input[0] for c in canon.canonical]
     stats: dict[str, TensorStats] = calibrate(model, watched, calibration) if calibration else {}
     report["calibration"] = _calibration_note(calibration, calibration_source)
@@ -72,8 +74,11 @@ def rewrite(model: onnx.ModelProto, *, public_inputs=frozenset(), calibration: l
         replacements[node.output[0]] = protocols.make_node(chosen, node.input, node.output[0], node.name,
                                                      **_op_attrs(op, entry.attrs))
         after = chosen.cost(shape, **cost_kw)
+        # A softmax that came out of an Attention op is reported as that attention.
+        origin = [expanded_from[n] for n in entry.original if n in expanded_from]
         report["rewrites"].append({
-            "pattern": op, "node": node.name, "nodes": entry.original, "ops": entry.original_ops,
+            "pattern": "attention" if origin else op, "op": op, "node": node.name,
+            "nodes": origin or entry.original, "ops": ["Attention"] if origin else entry.original_ops,
             "protocol": chosen.name, "family": chosen.family, "params": chosen.params,
             "spu_knobs": chosen.knobs.to_json(), "shape": list(shape), "elements": int(np.prod(shape)),
             "interval": [float(v) for v in choice.interval], "calibrated": node.input[0] in stats,
