@@ -6,7 +6,7 @@ inputs/expected outputs that ``data/node/*/model.onnx`` + ``test_data_set_0`` ar
 
 Selected: every case whose ops (subgraphs included) all have a cipherdm lowering at the model's opset (opsets
 below 17 are upgraded by the loader, so looked up at 17) and whose opset is at most 23, cipherdm's maximum.
-Each runs through an adapter: compiler.load_model -> compiler.lower -> plaintext jit, compared with the stored
+Cases named *_expanded (an op's function body) are marked slow. Each runs through an adapter: compiler.load_model -> compiler.lower -> plaintext jit, compared with the stored
 outputs at the case's own tolerance (ONNX's defaults, rtol 1e-3 / atol 1e-7).
 
 Adapter rules (not skips):
@@ -140,7 +140,10 @@ def _compare(name, got, want, case):
         np.testing.assert_array_equal(got.astype(want.dtype), want, err_msg=name)
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+# The *_expanded cases run an op's ONNX function body (other ops composed) instead of the op: useful, but they
+# double the runtime, so they belong to `make test-slow`.
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if "_expanded" in c.name else c
+                                  for c in CASES], ids=lambda c: c.name)
 def test_backend_node_case(case):
     if case.name in SKIPS:
         pytest.skip(SKIPS[case.name])
