@@ -41,6 +41,8 @@ FIT_SPECS = [
     {"bound": 6, "degree": 4},
     {"bound": 8, "degree": 5},
     {"bound": 8, "degree": 6},
+    {"bound": 9, "degree": 8},
+    {"bound": 10, "degree": 9},
     {"bound": 10, "segments": 2, "degree": 4},
     {"bound": 12, "segments": 2, "degree": 5},
     {"bound": 14, "segments": 3, "degree": 4},
