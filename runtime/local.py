@@ -58,7 +58,7 @@ def free_ports(n: int) -> list[int]:
 def run_local(artifact_path, weights_path, inputs_path, output_path, *, work_dir: str | None = None,
               roles: dict[str, int] | None = None, heartbeat_timeout_s: float = 15.0,
               recv_timeout_s: float = 300.0, programs: dict[int, str] | None = None,
-              env: dict[str, str] | None = None) -> LocalRun:
+              env: dict[str, str] | None = None, tls=None, connect_timeout_s: float = 60.0) -> LocalRun:
     """Run the program as three local processes; raises PartyError naming the failed party.
 
     ``work_dir`` keeps parties.json, every party's console output (``partyR.out``), SPU log (``partyR.spu.log``)
@@ -70,7 +70,8 @@ def run_local(artifact_path, weights_path, inputs_path, output_path, *, work_dir
     work.mkdir(parents=True, exist_ok=True)
     ports = free_ports(3)
     parties = PartiesConfig([f"127.0.0.1:{p}" for p in ports], dict(roles or {USER: 0, MODEL_OWNER: 1}),
-                            recv_timeout_s=recv_timeout_s, heartbeat_timeout_s=heartbeat_timeout_s)
+                            tls=tls, connect_timeout_s=connect_timeout_s, recv_timeout_s=recv_timeout_s,
+                            heartbeat_timeout_s=heartbeat_timeout_s)
     parties_path = work / "parties.json"
     parties.save(parties_path)
 

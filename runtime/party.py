@@ -340,11 +340,21 @@ class PartySession:
         desc.retry_opts.max_retry = 10
         if self.parties.tls:
             _configure_tls(desc, self.parties.tls)
+        # create_brpc's retries are counted, not timed (a failing TLS handshake makes each one slow): a
+        # timer enforces the deadline, and cannot interrupt the C++ call, so it ends the process.
+        deadline = threading.Timer(self.parties.connect_timeout_s + 5, self.on_peer_failure, [
+            f"{self.describe()} could not connect to the other parties within "
+            f"{self.parties.connect_timeout_s:.0f} s (a peer is not running or unreachable, or the TLS "
+            f"certificates do not match{'; see ' + self.log_path if self.log_path else ''})"])
+        deadline.daemon = True
+        deadline.start()
         try:
             self.link = libspu.link.create_brpc(desc, self.rank)
         except Exception as exc:
             raise PartyError(f"{self.describe()} could not connect to the other parties within "
                              f"{self.parties.connect_timeout_s:.0f} s", [_short(exc)]) from exc
+        finally:
+            deadline.cancel()
         self.hb_link = self.link.spawn()
         self.heartbeat = Heartbeat(self.hb_link, self.rank, self.world, self.parties.heartbeat_interval_s,
                                    self.parties.heartbeat_timeout_s, self._peer_failed)

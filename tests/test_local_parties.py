@@ -216,3 +216,37 @@ def test_local_run_of_conv_and_attention_models(name, tmp_path):
     with np.load(tmp_path / "o.npz") as data:
         for key, ref in expected.items():
             assert_close(data[key], ref.astype(np.float64), atol, rtol, f"{name}:{key}")
+
+
+def _openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("shutil").which("openssl"), reason="needs the openssl command")
+def test_tls_links(tiny, tmp_path):
+    from runtime.party import TlsConfig
+
+    folder, program, expected = tiny
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    for ca in ("ca", "other"):
+        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{ca}.key", "-out", f"{ca}.crt",
+                 "-days", "1", "-subj", f"/CN={ca}", cwd=certs)
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "party.key", "-out", "party.csr", "-subj",
+             "/CN=127.0.0.1", cwd=certs)
+    (certs / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    _openssl("x509", "-req", "-in", "party.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out",
+             "party.crt", "-days", "1", "-extfile", "ext.cnf", cwd=certs)
+
+    tls = TlsConfig(str(certs / "party.crt"), str(certs / "party.key"), str(certs / "ca.crt"))
+    run_local(program, folder / "tiny.weights.npz", folder / "tiny.inputs.npz", tmp_path / "o.npz", tls=tls)
+    with np.load(tmp_path / "o.npz") as data:
+        np.testing.assert_allclose(data["y"], expected["y"], atol=0.02, rtol=0.015)
+
+    # A CA that did not sign the parties' certificates: verification fails, the parties say so and stop.
+    wrong = TlsConfig(str(certs / "party.crt"), str(certs / "party.key"), str(certs / "other.crt"))
+    with pytest.raises(PartyError, match="could not connect.*TLS certificates"):
+        run_local(program, folder / "tiny.weights.npz", folder / "tiny.inputs.npz", tmp_path / "o2.npz",
+                  tls=wrong, connect_timeout_s=5, work_dir=str(tmp_path / "work"))
+    assert not _processes_mentioning(str(tmp_path / "work"))
