@@ -74,14 +74,16 @@ class RewriteResult:
     config: SecureConfig
 
 
-def rewrite_for_mpc(model: onnx.ModelProto, config: SecureConfig, mode: str = "cipherdm") -> RewriteResult:
+def rewrite_for_mpc(model: onnx.ModelProto, config: SecureConfig, mode: str = "cipherdm",
+                    public: tuple[str, ...] = ()) -> RewriteResult:
     """The hook where the MPC rewrite passes plug in.
 
     Takes the loaded, shape-inferred model and returns the model to lower, the rewrite report (JSON data: one
     entry per decision in ``report["rewrites"]``) and the SPU configuration, which passes may tune per model
     (``config.with_runtime(fxp_exp_iters=...)``, ``config.with_compiler(...)``): the tuned configuration is
     recorded in the manifest and used by every party. ``mode == "direct"`` compiles the graph as it is, the
-    baseline every rewrite is measured against.
+    baseline every rewrite is measured against. ``public`` names the inputs every party knows (a pass may
+    treat what depends only on them as public).
     """
     if mode not in REWRITE_MODES:
         raise CompileError(f"unknown rewrite mode '{mode}'", [f"choose one of {', '.join(REWRITE_MODES)}"])
@@ -183,7 +185,7 @@ def compile_model(model: onnx.ModelProto | str, *, input_shapes=None, public=(),
     timings["load"] = time.perf_counter() - start
 
     config = config or SecureConfig()
-    rewritten = rewrite_for_mpc(prepared, config, rewrites)
+    rewritten = rewrite_for_mpc(prepared, config, rewrites, tuple(public))
     config = rewritten.config
     timings["rewrite"] = time.perf_counter() - start - timings["load"]
 
