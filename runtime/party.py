@@ -614,6 +614,11 @@ def run_party(rank: int, parties: PartiesConfig, artifact_path, *, weights_path=
         problems.append(f"party {rank} is the user and needs --inputs")
     if USER in roles and not output_path:
         problems.append(f"party {rank} receives the outputs and needs -o/--output")
+    if MODEL_OWNER not in roles and weights_path:
+        problems.append(f"party {rank} is not the model owner (party {owner} is): it must not be given the "
+                        "weights")
+    if USER not in roles and inputs_path:
+        problems.append(f"party {rank} is not the user (party {user} is): it must not be given the user's inputs")
     if USER not in roles and output_path:
         problems.append(f"party {rank} does not receive the outputs (party {user} does), so it cannot write "
                         f"{output_path}")
