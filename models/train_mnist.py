@@ -1,7 +1,8 @@
 """Train the class-conditional MNIST diffusion U-Net on the offline 28x28 subset, on 2 CPU cores.
 
     python -m models.train_mnist                # the shipped recipe (about 14 minutes on 2 cores)
-    python -m models.train_mnist --minutes 2    # a quick smoke run
+    python -m models.train_mnist --minutes 2 --out /tmp/smoke   # a quick smoke run
+    python -m models.train_mnist --evaluate-only  # re-run the plaintext sample evaluation of the shipped model
 
 eps-prediction DDPM loss, T = 1000 (linear betas by default, ``--schedule cosine`` also works), AdamW with linear
 warm-up then cosine decay, an EMA of the weights (the EMA weights are what is exported), label dropout so the
@@ -16,6 +17,8 @@ gets a complete (shorter) schedule. Writes to ``--out`` (models/mnist/):
 - ``mnist_unet.npz``        the EMA weights (state_dict arrays; no pickle), to re-export without retraining
 - ``recipe.json``           config, hyper-parameters, data, steps, time, final loss
 - ``loss_curve.json/.png``  the training loss (raw per step, and smoothed)
+- ``evaluation.json``, ``samples.png``  plaintext samples from the exported ONNX (onnxruntime): how often the
+  digit classifier (models/train_classifier.py) recognises the requested digit, for DDIM-20 and strided DDPM
 
 Intermediate checkpoints (``checkpoint.npz``) are written every few minutes and removed at the end.
 """
@@ -59,6 +62,8 @@ def parse_args(argv=None):
     p.add_argument("--export-batch", type=int, default=8)
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--checkpoint-minutes", type=float, default=3.0)
+    p.add_argument("--eval-samples", type=int, default=200, help="per sampler (a multiple of the export batch)")
+    p.add_argument("--evaluate-only", action="store_true")
     return p.parse_args(argv)
 
 
@@ -108,8 +113,51 @@ def write_loss_curve(out: Path, losses: list[float], lrs: list[float]) -> None:
     plt.close(fig)
 
 
+def evaluate(out: Path, n: int, seed: int = 0) -> dict:
+    """Plaintext samples from the exported ONNX: the classifier's agreement with the requested digit."""
+    import onnxruntime as ort
+
+    from runtime import quality
+    from runtime import sampler as S
+
+    session = ort.InferenceSession(str(out / "mnist_unet.onnx"), providers=["CPUExecutionProvider"])
+    batch = session.get_inputs()[0].shape[0]
+    n = max(batch, n // batch * batch)
+    classifier = quality.DigitClassifier.load(out / "classifier.npz")
+
+    def eps(x, t, cond):
+        return session.run(["eps"], {"sample": x, "timestep": t, "class_labels": cond})[0]
+
+    labels = np.arange(n) % 10
+    results, grids = {}, []
+    for name, sampler, steps, guidance in [("ddim20", "ddim", 20, None), ("ddim20_guidance2", "ddim", 20, 2.0),
+                                           ("ddpm100", "ddpm", 100, None)]:
+        started = time.monotonic()
+        images = []
+        for i in range(0, n, batch):
+            r = S.sample(eps, (batch, 1, 28, 28), sampler, steps, seed=seed + i, guidance=guidance,
+                         labels=S.one_hot(labels[i:i + batch]))
+            images.append(S.to_unit(r.image))
+        images = np.concatenate(images)
+        predicted = classifier.predict(images)
+        results[name] = {"sampler": sampler, "steps": steps, "guidance": guidance, "samples": int(n),
+                         "label_agreement": round(float(np.mean(predicted == labels)), 4),
+                         "per_class": [round(float(np.mean(predicted[labels == c] == c)), 3) for c in range(10)],
+                         "seconds": round(time.monotonic() - started, 1)}
+        print(name, results[name], flush=True)
+        grids.append((name, images[:30]))
+    evaluation = {"model": "mnist_unet.onnx (onnxruntime, plaintext)", "seeds": f"{seed} + batch offset",
+                  "classifier": "classifier.npz", "results": results}
+    (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
+    quality.write_grid(out / "samples.png", grids, captions=[str(c) for c in labels[:30]], scale=2)
+    return evaluation
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.evaluate_only:
+        evaluate(args.out, args.eval_samples, args.seed)
+        return
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -237,6 +285,8 @@ def main(argv=None) -> None:
     recipe["onnx"] = {"path": onnx_path.name, "bytes": onnx_path.stat().st_size, "batch": args.export_batch}
     (args.out / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
     print(f"wrote {args.out}", flush=True)
+    if num_classes and (args.out / "classifier.npz").exists():
+        evaluate(args.out, args.eval_samples, args.seed)
 
 
 if __name__ == "__main__":
