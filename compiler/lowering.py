@@ -87,7 +87,7 @@ def lower(model: onnx.ModelProto, interpreter_cls: type[Interpreter] = Interpret
         array = numpy_helper.to_array(init)
         secret = is_weight(init) and init.name not in public_initializers
         (weights if secret else constants)[init.name] = array
-    inputs = [_spec(vi) for vi in graph_inputs(model)]
+    inputs = [spec_of(vi) for vi in graph_inputs(model)]
     weight_specs = [TensorSpec(name, tuple(a.shape), a.dtype.name) for name, a in weights.items()]
     names = [s.name for s in inputs] + [s.name for s in weight_specs]
     interpreter = interpreter_cls(model)
@@ -107,7 +107,7 @@ def lower(model: onnx.ModelProto, interpreter_cls: type[Interpreter] = Interpret
     return lowered
 
 
-def _spec(value_info: onnx.ValueInfoProto) -> TensorSpec:
+def spec_of(value_info: onnx.ValueInfoProto) -> TensorSpec:
     tensor_type = value_info.type.tensor_type
     shape = tuple(d.dim_value for d in tensor_type.shape.dim)
     return TensorSpec(value_info.name, shape, _declared_dtype(value_info))

@@ -23,6 +23,7 @@ import onnx
 
 from compiler.errors import CipherdmError
 from compiler.lowering import LoweredModel, TensorSpec, is_weight, lower
+from passes.public import public_initializers
 from runtime.spu_config import SecureConfig, compiler_options
 
 USER, PUBLIC, MODEL_OWNER = "user", "public", "model_owner"
@@ -75,20 +76,27 @@ class RewriteResult:
 
 
 def rewrite_for_mpc(model: onnx.ModelProto, config: SecureConfig, mode: str = "cipherdm",
-                    public: tuple[str, ...] = ()) -> RewriteResult:
-    """The hook where the MPC rewrite passes plug in.
+                    public: tuple[str, ...] = (), calibration: list[dict] | None = None,
+                    budget: float | None = None, calibration_source: str | None = None) -> RewriteResult:
+    """Run the MPC rewrite passes (``passes.pipeline``) and fold the SPU knobs they need into the config.
 
-    Takes the loaded, shape-inferred model and returns the model to lower, the rewrite report (JSON data: one
-    entry per decision in ``report["rewrites"]``) and the SPU configuration, which passes may tune per model
-    (``config.with_runtime(fxp_exp_iters=...)``, ``config.with_compiler(...)``): the tuned configuration is
-    recorded in the manifest and used by every party. ``mode == "direct"`` compiles the graph as it is, the
-    baseline every rewrite is measured against. ``public`` names the inputs every party knows (a pass may
-    treat what depends only on them as public).
+    ``mode == "direct"`` compiles the graph as it is, the baseline every rewrite is measured against; its report
+    lists what the passes would have rewritten. ``public`` names the inputs every party knows; ``calibration``
+    (input dicts, one per case) and ``budget`` (max abs error per node) drive the per-node protocol choice.
     """
+    from passes.pipeline import DEFAULT_BUDGET, direct_report, rewrite
+
     if mode not in REWRITE_MODES:
         raise CompileError(f"unknown rewrite mode '{mode}'", [f"choose one of {', '.join(REWRITE_MODES)}"])
-    # No passes exist yet: both modes compile the same graph.
-    return RewriteResult(model, {"mode": mode, "rewrites": []}, config)
+    if mode == "direct":
+        return RewriteResult(model, direct_report(model, set(public)), config)
+    result = rewrite(model, public_inputs=set(public), calibration=calibration,
+                     budget=DEFAULT_BUDGET if budget is None else budget, calibration_source=calibration_source)
+    if result.knobs.runtime:
+        config = config.with_runtime(**result.knobs.runtime)
+    if result.knobs.compiler:
+        config = config.with_compiler(**result.knobs.compiler)
+    return RewriteResult(result.model, result.report, config)
 
 
 @dataclass
@@ -170,10 +178,13 @@ def strip_weights(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def compile_model(model: onnx.ModelProto | str, *, input_shapes=None, public=(), rewrites: str = "cipherdm",
-                  config: SecureConfig | None = None, name: str | None = None) -> CompiledProgram:
+                  config: SecureConfig | None = None, name: str | None = None,
+                  calibration: dict[str, np.ndarray] | None = None, budget: float | None = None,
+                  calibration_source: str | None = None) -> CompiledProgram:
     """Load (a path or a ModelProto, with compiler.load_model), rewrite, lower and compile.
 
     ``public`` names the inputs every party knows; ``rewrites`` is "direct" (no MPC rewrites) or "cipherdm".
+    ``calibration`` maps input names to arrays of the input's shape or with a leading axis of cases.
     """
     from compiler.loader import load_model
 
@@ -185,12 +196,19 @@ def compile_model(model: onnx.ModelProto | str, *, input_shapes=None, public=(),
     timings["load"] = time.perf_counter() - start
 
     config = config or SecureConfig()
-    rewritten = rewrite_for_mpc(prepared, config, rewrites, tuple(public))
+    cases = None
+    if calibration is not None:
+        from compiler.loader import graph_inputs
+        from compiler.lowering import spec_of
+        from passes.calibrate import split_cases
+        cases = split_cases(calibration, [spec_of(vi) for vi in graph_inputs(prepared)])
+    rewritten = rewrite_for_mpc(prepared, config, rewrites, tuple(public), cases, budget, calibration_source)
     config = rewritten.config
     timings["rewrite"] = time.perf_counter() - start - timings["load"]
 
     t = time.perf_counter()
-    lowered = lower(rewritten.model)
+    # Architecture constants of the public computation (the timestep frequency table) stay public.
+    lowered = lower(rewritten.model, public_initializers=public_initializers(rewritten.model, set(public)))
     args = arg_roles(lowered, list(public))
     text = stablehlo_text(lowered)
     timings["lower"] = time.perf_counter() - t

@@ -41,19 +41,30 @@ def assert_close(secure: np.ndarray, reference: np.ndarray, atol: float, rtol: f
                                   f"{reference[worst]:.6g}; allowed {bound[worst]:.3g})")
 
 
-@pytest.fixture(scope="module", params=list(secure_models.BUILDERS))
+@pytest.fixture(scope="module", params=[(name, rewrites) for name in secure_models.BUILDERS
+                                        for rewrites in ("direct", "cipherdm")], ids=lambda p: "-".join(p))
 def compiled(request, tmp_path_factory):
-    name = request.param
-    folder = tmp_path_factory.mktemp(name)
+    """A compiled program and the plaintext semantics it must have, from onnxruntime: the original graph for
+    --direct, the rewritten graph stored in the program (protocol nodes with their function bodies) otherwise."""
+    name, rewrites = request.param
+    folder = tmp_path_factory.mktemp(f"{name}-{rewrites}")
     model, inputs = secure_models.BUILDERS[name](np.random.default_rng(1))
     onnx.save(model, folder / "model.onnx")
     np.savez(folder / "inputs.npz", **inputs)
     args = ["compile", str(folder / "model.onnx"), "-o", str(folder / "model.cdm")]
     for public in secure_models.PUBLIC[name]:
         args += ["--public", public]
+    if rewrites == "direct":
+        args.append("--direct")
     assert cli(args) == 0
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    expected = dict(zip([o.name for o in session.get_outputs()], session.run(None, inputs)))
+    if rewrites == "direct":
+        graph, feeds = model, inputs
+    else:
+        graph = onnx.load_from_string(read_artifact(folder / "model.cdm").onnx_graph)
+        with np.load(folder / "model.weights.npz") as weights:
+            feeds = {**inputs, **{k: weights[k] for k in weights.files}}
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    expected = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
     return name, folder, expected
 
 
@@ -67,7 +78,7 @@ def _run(folder, mode: str, tmp_path) -> tuple[dict, dict]:
 
 
 def test_plaintext_matches_onnxruntime(compiled, tmp_path):
-    name, folder, expected = compiled
+    _, folder, expected = compiled
     outputs, metrics = _run(folder, "plaintext", tmp_path)
     assert set(outputs) == set(expected) and metrics["mode"] == "plaintext"
     for key, ref in expected.items():

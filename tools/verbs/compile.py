@@ -22,6 +22,11 @@ def add_arguments(parser) -> None:
                         help="an input known to every party, not secret-shared (diffusion: the timestep)")
     parser.add_argument("--direct", action="store_true",
                         help="compile the graph as it is, without MPC-friendly rewrites (the baseline)")
+    parser.add_argument("--calibration", metavar="CALIB.npz",
+                        help="inputs to calibrate the rewrites on, keyed by input name, each of the input's shape "
+                             "or with a leading axis of cases (diffusion: inputs along a sampling trajectory)")
+    parser.add_argument("--error-budget", type=float, default=None, metavar="E",
+                        help="max abs error per rewritten node on its calibrated inputs (default 1e-2)")
     parser.add_argument("--protocol", default=DEFAULT_PROTOCOL, choices=PROTOCOLS, help="SPU protocol")
     parser.add_argument("--field", default=DEFAULT_FIELD, choices=sorted(FIELDS), help="SPU ring")
     parser.add_argument("--fxp-bits", type=int, default=DEFAULT_FXP_BITS, help="fixed-point fraction bits")
@@ -43,9 +48,17 @@ def run(args) -> int:
     weights_out = Path(args.weights_out) if args.weights_out else default_weights_path(args.output)
     if weights_out.resolve() == Path(args.output).resolve():
         raise CipherdmError("--weights-out must differ from the program path: the weights never go into it")
+    from compiler.artifact import load_npz
+
+    if args.direct and (args.calibration or args.error_budget is not None):
+        raise CipherdmError("--direct compiles without rewrites: --calibration and --error-budget do not apply")
+    if args.error_budget is not None and not args.error_budget > 0:
+        raise CipherdmError(f"--error-budget must be positive, got {args.error_budget}")
+    calibration = load_npz(args.calibration, "calibration data") if args.calibration else None
     config = SecureConfig(args.protocol, args.field, args.fxp_bits)
     program = compile_model(args.model, input_shapes=parse_input_shapes(args.input_shape), public=args.public,
-                            rewrites="direct" if args.direct else "cipherdm", config=config)
+                            rewrites="direct" if args.direct else "cipherdm", config=config,
+                            calibration=calibration, budget=args.error_budget, calibration_source=args.calibration)
     # Weights first: a program without its weights is useless to the owner, the reverse is harmless.
     write_weights(program.weights, weights_out)
     artifact = write_artifact(program, args.output)
@@ -59,4 +72,9 @@ def run(args) -> int:
           f"{', '.join(roles.get('public', [])) or '-'}; weights: {len(roles.get('model_owner', []))} tensors, "
           f"{sum(v.size for v in program.weights.values())} values -> {weights_out}")
     print(f"  outputs: {', '.join(o.name for o in program.outputs)}; program digest {artifact.digest[:16]}")
+    totals = program.report.get("totals") or {}
+    if program.rewrites != "direct" and totals:
+        print(f"  rewrites: {totals['rewritten']} nodes rewritten, {totals['declined']} declined; estimated "
+              f"nonlinear traffic {totals['est_bytes_before'] / 2**20:.1f} -> {totals['est_bytes_after'] / 2**20:.1f}"
+              f" MiB; see `cipherdm report {args.output}`")
     return 0
