@@ -16,6 +16,7 @@ import runtime.protocols as protocols
 from passes.calibrate import TensorStats, calibrate
 from passes.canonicalize import canonicalize
 from passes.choose import choose, error_curve
+from passes.cost import estimate_model
 from passes.expand_attention import EXPANDED_FROM, expand_attention
 from passes.graph_view import GraphView
 from passes.report import add_totals, empty_report
@@ -36,6 +37,7 @@ def rewrite(model: onnx.ModelProto, *, public_inputs=frozenset(), calibration: l
 
     ``calibration`` is a list of input dicts (one per case); without it conservative ranges are used.
     """
+    original = model
     model, attention_declined = expand_attention(_at_least_opset_18(model))
     expanded_from = {n.name: m.value for n in model.graph.node for m in n.metadata_props if m.key == EXPANDED_FROM}
     canon = canonicalize(model, set(public_inputs))
@@ -91,6 +93,11 @@ def rewrite(model: onnx.ModelProto, *, public_inputs=frozenset(), calibration: l
     protocols.add_functions(out, used)
     report["knobs"] = knobs.to_json()
     add_totals(report)
+    # Whole-model estimates (passes/cost.py): the model as given under SPU's defaults, and the rewritten one.
+    report["model_estimate"] = {
+        mode: {key: est["totals"][key] for key in ("bytes", "rounds")}
+        for mode, est in (("direct", estimate_model(original, set(public_inputs), {})),
+                          ("rewritten", estimate_model(out, set(public_inputs), knobs.to_json())))}
     onnx.checker.check_model(out)
     return PassResult(out, report, knobs)
 

@@ -46,6 +46,10 @@ def render_markdown(report: dict) -> str:
                 f"{_mib(t['est_bytes_before'])} MiB -> {_mib(t['est_bytes_after'])} MiB ({saved:.1f}x), rounds "
                 f"{t['est_rounds_before']:g} -> {t['est_rounds_after']:g}; largest node error {t['error_max']:.3g}.",
                 ""]
+    if report.get("model_estimate"):
+        d, r = report["model_estimate"]["direct"], report["model_estimate"]["rewritten"]
+        out += [f"Whole-model estimate (ABY3/FM64): direct {_mib(d['bytes'])} MiB, {d['rounds']:.0f} rounds -> "
+                f"rewritten {_mib(r['bytes'])} MiB, {r['rounds']:.0f} rounds.", ""]
     if report.get("knobs"):
         out += ["SPU knobs: " + ", ".join(f"`{k}={v}`" for k, v in report["knobs"].items()), ""]
     out += ["## Rewrites", "",

@@ -170,6 +170,12 @@ def test_rewritten_model_costs_less_than_direct():
     # Without explicit knobs the estimate uses the union of the protocol nodes' spu_knobs.
     assert program_knobs(result.model) == result.knobs.to_json()
     assert estimate_model(result.model, {"timestep"})["totals"]["bytes"] == after["totals"]["bytes"]
+    # The rewrite report carries both whole-model totals, and the Markdown report shows them.
+    from passes.report import render_markdown
+    assert result.report["model_estimate"] == {
+        "direct": {"bytes": direct["totals"]["bytes"], "rounds": direct["totals"]["rounds"]},
+        "rewritten": {"bytes": after["totals"]["bytes"], "rounds": after["totals"]["rounds"]}}
+    assert "Whole-model estimate (ABY3/FM64): direct" in render_markdown(result.report)
 
 
 def test_protocol_node_uses_the_protocol_cost():
