@@ -1,0 +1,68 @@
+"""cipherdm bench: direct SPU (defaults), direct SPU (best global knobs) and cipherdm on the same inputs, side by side."""
+
+from __future__ import annotations
+
+import sys
+
+NAME = "bench"
+HELP = ("benchmark a model: direct SPU with defaults, with the best global SPU knobs, and cipherdm's rewrites, on the "
+        "same inputs (time, 3-party bytes, rounds, error vs onnxruntime, top ops)")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("model", help="path to the .onnx file")
+    parser.add_argument("--inputs", metavar="IN.npz",
+                        help="inputs keyed by ONNX input name (default: deterministic random inputs, public "
+                             "inputs = 500)")
+    parser.add_argument("--public", action="append", default=None, metavar="NAME",
+                        help="an input every party knows (repeat; default: inputs named timestep/timesteps/t)")
+    parser.add_argument("--calibration", metavar="CALIB.npz",
+                        help="calibration inputs for cipherdm's rewrites (default: the benchmark inputs)")
+    parser.add_argument("--error-budget", type=float, default=None, metavar="E",
+                        help="cipherdm's max abs error per rewritten node (default 1e-2)")
+    parser.add_argument("--mode", choices=("sim", "local"), default="sim",
+                        help="sim: in-process three parties (default); local: three party processes")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per program, interleaved (default 3)")
+    parser.add_argument("--top", type=int, default=5, help="top ops by bytes to list per program (default 5)")
+    parser.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...",
+                        help="fix the shape of a dynamic input (repeat for several inputs)")
+    parser.add_argument("--json", metavar="OUT.json", help="write every measurement as JSON")
+    parser.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+
+
+def run(args) -> int:
+    from compiler.artifact import load_npz
+    from compiler.errors import CipherdmError
+    from compiler.loader import parse_input_shapes
+    from tools.benchmark import render_text, run_benchmark, write_json
+
+    if args.error_budget is not None and not args.error_budget > 0:
+        raise CipherdmError(f"--error-budget must be positive, got {args.error_budget}")
+    problems, inputs, calibration = [], None, None
+    for what, path in (("inputs", args.inputs), ("calibration data", args.calibration)):
+        if path:
+            try:
+                data = load_npz(path, what)
+            except CipherdmError as exc:
+                problems.append(str(exc))
+                continue
+            if what == "inputs":
+                inputs = data
+            else:
+                calibration = data
+    if problems:
+        raise CipherdmError("cannot run the benchmark", problems)
+
+    def log(line: str) -> None:
+        if not args.quiet:
+            print(f"[bench] {line}", file=sys.stderr, flush=True)
+
+    result = run_benchmark(args.model, inputs=inputs, inputs_source=args.inputs, public=args.public,
+                           calibration=calibration, calibration_source=args.calibration, budget=args.error_budget,
+                           mode=args.mode, repeats=args.repeats, top=args.top,
+                           input_shapes=parse_input_shapes(args.input_shape), log=log)
+    if args.json:
+        write_json(args.json, result)
+    print(render_text(result, markdown=args.markdown), end="")
+    return 0
