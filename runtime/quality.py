@@ -1,6 +1,8 @@
 """Sample-quality metrics (numpy only): PSNR, SSIM, classifier agreement, and a side-by-side PNG grid.
 
 Images are in [0, 1]; arrays are [H, W], [N, H, W] or [N, 1, H, W] (a single channel axis is dropped).
+SSIM uses a 7x7 Gaussian window (sigma 1.5) over valid positions: the usual 11x11 window would leave only 18x18
+positions of a 28x28 digit.
 """
 
 from __future__ import annotations
