@@ -16,11 +16,12 @@ What it does, in order:
 3. (1) ``direct``: the graph compiled as it is under SPU's defaults; (3) ``cipherdm``: the rewrite passes
    (calibrated on ``calibration`` or, without it, on the benchmark inputs themselves), each run once with
    profiling for bytes, rounds, per-op cost and output error.
-4. The knob search for (2) ``best_knobs``: the direct program under each setting of :data:`KNOB_CANDIDATES`
-   (runtime knobs need no recompile, the compiler option one). Rule: among the settings whose output error
-   (max abs / std of the float output) is at most ``max(cipherdm's, 1e-2)``, the one with the fewest 3-party bytes;
-   SPU's defaults are always a candidate (and the fallback when nothing meets the rule). A setting that adds
-   knobs to one that already failed the rule is skipped: each knob here only trades accuracy for bytes.
+4. The knob search for (2) ``best_knobs``, greedy over the knobs of :data:`KNOBS` (runtime knobs need no
+   recompile, the compiler option one): SPU's defaults, each knob alone, then all the knobs that passed alone
+   together; if that combination fails, the knob that cost the most accuracy alone is dropped and the rest tried
+   again (so at most 2 x len(KNOBS) settings). Rule: among the settings whose output error (max abs / std of the
+   float output) is at most ``max(cipherdm's, 1e-2)``, the one with the fewest 3-party bytes; SPU's defaults are
+   the fallback when nothing meets the rule.
 5. Timing: ``repeats`` unprofiled runs of the three programs, interleaved (the order rotates every repeat), and
    the median of each (sim: the three parties' SPU execution; local: the slowest party's).
 
@@ -36,8 +37,9 @@ The result (also what ``--json`` writes) has the keys:
   ``estimate`` (``source``, ``bytes``, ``rounds``, ``scope``, or null), ``same_as`` (set when the program is
   another config's);
 * ``ratios``: ``bytes``/``rounds``/``time`` of (1) and (2) over (3) and of (1) over (2), "x lower" factors;
-* ``knob_search``: ``rule``, ``threshold_rel_std``, ``candidates`` (``name``, ``knobs``, ``status``: measured /
-  skipped, ``total_bytes``, ``rounds``, ``error_rel_std``, ``accepted``, ``reason``), ``chosen``;
+* ``knob_search``: ``rule``, ``threshold_rel_std``, ``candidates`` (``name``, ``knobs``, ``stage``: defaults /
+  single / combined, ``total_bytes``, ``rounds``, ``error_rel_std``, ``error_max_abs``, ``accepted``,
+  ``reason``), ``chosen``;
 * ``targets``: the issue's targets (``name``, ``target``, ``measured``, ``met``).
 """
 
@@ -62,18 +64,13 @@ TIMESTEP = 500
 ERROR_TARGET = 1e-2  # the issue's accuracy target: max abs error within 1e-2 of the float output's std
 MiB = float(1 << 20)
 
-DENOM = {"enable_optimize_denominator_with_broadcast": True}
-LOWACC = {"enable_lower_accuracy_rsqrt": True}
-# SPU's own global knobs, each cheaper (in bytes) than the default. sigmoid_mode is left out: it only applies to
+# SPU's own global knobs, each cheaper (in bytes) than its default. sigmoid_mode is left out: it only applies to
 # stablehlo.logistic, which jax expands into exp and a division before SPU sees it.
-KNOB_CANDIDATES: list[tuple[str, dict]] = [
-    ("defaults", {"runtime": {}, "compiler": {}}),
-    ("denom", {"runtime": {}, "compiler": DENOM}),
-    ("denom+lowacc_rsqrt", {"runtime": dict(LOWACC), "compiler": DENOM}),
-    ("denom+lowacc_rsqrt+gs1", {"runtime": {**LOWACC, "fxp_div_goldschmidt_iters": 1}, "compiler": DENOM}),
-    ("denom+lowacc_rsqrt+exp6", {"runtime": {**LOWACC, "fxp_exp_iters": 6}, "compiler": DENOM}),
-    ("denom+lowacc_rsqrt+gs1+exp6", {"runtime": {**LOWACC, "fxp_div_goldschmidt_iters": 1, "fxp_exp_iters": 6},
-                                     "compiler": DENOM}),
+KNOBS: list[tuple[str, dict]] = [
+    ("denom", {"compiler": {"enable_optimize_denominator_with_broadcast": True}}),   # softmax: 1/x per row
+    ("lowacc_rsqrt", {"runtime": {"enable_lower_accuracy_rsqrt": True}}),
+    ("gs1", {"runtime": {"fxp_div_goldschmidt_iters": 1}}),                          # default 2
+    ("exp6", {"runtime": {"fxp_exp_iters": 6}}),                                     # default 8
 ]
 CONFIG_KEYS = ("direct", "best_knobs", "cipherdm")
 LABELS = {"direct": "(1) direct, SPU defaults", "best_knobs": "(2) direct, best knobs", "cipherdm": "(3) cipherdm"}
@@ -302,7 +299,7 @@ def run_benchmark(model_path, *, inputs: dict | None = None, inputs_source: str 
                   public: list[str] | None = None, calibration: dict | None = None,
                   calibration_source: str | None = None, budget: float | None = None, mode: str = "sim",
                   repeats: int = 3, top: int = 5, input_shapes=None, seed: int = 0,
-                  candidates: list[tuple[str, dict]] | None = None,
+                  knobs: list[tuple[str, dict]] | None = None,
                   log: Callable[[str], None] = lambda s: None) -> dict:
     from compiler.loader import load_model, read_model
     from compiler.spu_compile import compile_model
@@ -312,7 +309,7 @@ def run_benchmark(model_path, *, inputs: dict | None = None, inputs_source: str 
         raise BenchError(f"unknown mode '{mode}'", ["choose sim or local"])
     if repeats < 1:
         raise BenchError(f"--repeats must be at least 1, got {repeats}")
-    candidates = KNOB_CANDIDATES if candidates is None else candidates
+    knobs = KNOBS if knobs is None else knobs
     name = Path(str(model_path)).name.removesuffix(".onnx")
     model = load_model(model_path, input_shapes)
     specs = input_specs(model)
@@ -351,7 +348,7 @@ def run_benchmark(model_path, *, inputs: dict | None = None, inputs_source: str 
             log(f"  {_mib(measured[key]['total_bytes'])} MiB, {measured[key]['rounds']} rounds, "
                 f"error {measured[key]['error']['rel_std']:.3g} x std, {measured[key]['profiled_time_s']:.1f} s")
 
-        search = knob_search(variants["direct"], measured, candidates, runner, measure, log)
+        search = knob_search(variants["direct"], measured, knobs, runner, measure, log)
         chosen = search["chosen"]
         if chosen == "defaults":
             variants["best_knobs"] = dataclasses.replace(variants["direct"], key="best_knobs")
@@ -407,44 +404,59 @@ def _cases(calibration: dict, specs) -> int:
     return 0
 
 
-def knob_search(direct: Variant, measured: dict, candidates, runner, measure, log) -> dict:
+def _merge(settings: list[dict]) -> dict:
+    out = {"runtime": {}, "compiler": {}}
+    for knobs in settings:
+        for part in out:
+            out[part].update(knobs.get(part, {}))
+    return out
+
+
+def knob_search(direct: Variant, measured: dict, knobs: list[tuple[str, dict]], runner, measure, log) -> dict:
+    """The greedy search of the module docs; returns its rows and the cheapest setting meeting the rule."""
     threshold = max(measured["cipherdm"]["error"]["rel_std"], ERROR_TARGET)
     rule = (f"cheapest 3-party bytes among the settings whose output error (max abs / std of the float output) "
             f"is <= max(cipherdm's error, {ERROR_TARGET:g}) = {threshold:.3g}; SPU defaults when none qualifies")
     compile_with = KnobCompiler(direct.program)
-    rows, rejected, best = [], [], None
-    for cand_name, knobs in candidates:
-        flat = {**knobs.get("runtime", {}), **knobs.get("compiler", {})}
-        row = {"name": cand_name, "knobs": knobs}
-        extends = next((r for r in rejected if r["flat"].items() <= flat.items()), None)
-        if extends is not None:
-            rows.append({**row, "status": "skipped", "accepted": False,
-                         "reason": f"adds knobs to '{extends['name']}', which failed the rule"})
-            log(f"knobs {cand_name}: skipped (extends rejected {extends['name']})")
-            continue
-        if not flat:
+    rows, found = [], {}
+
+    def trial(name: str, stage: str, setting: dict):
+        if not setting["runtime"] and not setting["compiler"]:
             variant, m = direct, measured["direct"]
         else:
-            program, compile_s = compile_with(knobs)
+            program, compile_s = compile_with(setting)
             variant = Variant("best_knobs", program, in_memory_artifact(program), direct.compile_s + compile_s)
-            log(f"knobs {cand_name}: run (profiled)")
+            log(f"knobs {name}: run (profiled)")
             m = measure(variant)
-        accepted = m["error"]["rel_std"] <= threshold
-        row.update(status="measured", total_bytes=m["total_bytes"], rounds=m["rounds"],
-                   error_rel_std=m["error"]["rel_std"], error_max_abs=m["error"]["max_abs"], accepted=accepted,
-                   reason="" if accepted else f"error {m['error']['rel_std']:.3g} x std > {threshold:.3g}")
-        log(f"  {cand_name}: {_mib(m['total_bytes'])} MiB, {m['rounds']} rounds, error "
-            f"{m['error']['rel_std']:.3g} x std, {'accepted' if accepted else 'rejected'}")
-        rows.append(row)
-        if not accepted and flat:
-            rejected.append({"name": cand_name, "flat": flat})
-        elif best is None or m["total_bytes"] < best[1]["total_bytes"]:
-            best = (cand_name, m, variant)
-    if best is None:
+        err = m["error"]["rel_std"]
+        accepted = err <= threshold
+        rows.append({"name": name, "knobs": setting, "stage": stage, "total_bytes": m["total_bytes"],
+                     "rounds": m["rounds"], "error_rel_std": err, "error_max_abs": m["error"]["max_abs"],
+                     "accepted": accepted, "reason": "" if accepted else f"error {err:.3g} x std > {threshold:.3g}"})
+        log(f"  {name}: {_mib(m['total_bytes'])} MiB, {m['rounds']} rounds, error {err:.3g} x std, "
+            f"{'accepted' if accepted else 'rejected'}")
+        found[name] = (m, variant)
+        return accepted, err
+
+    trial("defaults", "defaults", _merge([]))
+    passed = []
+    for name, setting in knobs:
+        ok, err = trial(name, "single", _merge([setting]))
+        if ok:
+            passed.append((err, name, setting))
+    passed.sort()
+    while len(passed) >= 2:
+        ok, _ = trial("+".join(n for _, n, _ in passed), "combined", _merge([s for _, _, s in passed]))
+        if ok:
+            break
+        passed.pop()  # drop the knob that cost the most accuracy alone
+    accepted = [r for r in rows if r["accepted"]]
+    if not accepted:
         return {"rule": rule, "threshold_rel_std": threshold, "candidates": rows, "chosen": "defaults",
                 "note": "no setting met the rule: the best-knob baseline is SPU's defaults"}
-    name, m, variant = best
-    return {"rule": rule, "threshold_rel_std": threshold, "candidates": rows, "chosen": name,
+    best = min(accepted, key=lambda r: (r["total_bytes"], r["rounds"]))
+    m, variant = found[best["name"]]
+    return {"rule": rule, "threshold_rel_std": threshold, "candidates": rows, "chosen": best["name"],
             "_variant": variant, "_measured": m}
 
 
@@ -539,14 +551,10 @@ def render_text(result: dict, markdown: bool = False) -> str:
                f"{json.dumps(cfg['cipherdm']['knobs'])}")
     out.append("float output std: " + ", ".join(f"{k} {v['std']:.4g}" for k, v in result["float"].items()))
     out += ["", "knob search: " + result["knob_search"]["rule"]]
-    rows = []
-    for row in result["knob_search"]["candidates"]:
-        if row["status"] == "skipped":
-            rows.append([row["name"], "-", "-", "-", "skipped: " + row["reason"]])
-        else:
-            rows.append([row["name"], _mib(row["total_bytes"]), str(row["rounds"]),
-                         f"{row['error_rel_std']:.3g}", "accepted" if row["accepted"] else "rejected: " + row["reason"]])
-    out += table(["setting", "MiB", "rounds", "err/std", "verdict"], rows)
+    rows = [[row["name"], row["stage"], _mib(row["total_bytes"]), str(row["rounds"]), f"{row['error_rel_std']:.3g}",
+             "accepted" if row["accepted"] else "rejected: " + row["reason"]]
+            for row in result["knob_search"]["candidates"]]
+    out += table(["setting", "stage", "MiB", "rounds", "err/std", "verdict"], rows)
     out += ["", f"chosen: {result['knob_search']['chosen']}", "", "measured vs estimated:"]
     rows = []
     for key in CONFIG_KEYS:
