@@ -275,20 +275,33 @@ def top_ops(profile, n: int, layer: str = "HLO") -> list[dict]:
             for op in profile.top(n, layer) if op.send_bytes]
 
 
-def estimate_of(report: dict, scope_report: dict | None, which: str) -> dict | None:
-    """The whole-model estimate a program's report carries (``model_estimate``), else the rewrite totals
-    (nonlinear nodes only: ``before`` is their cost under SPU's own lowering, ``after`` under the protocols)."""
-    est = report.get("model_estimate")
-    if isinstance(est, dict):
-        totals = est.get("totals", est)
-        if "bytes" in totals:
-            return {"source": "report model_estimate", "scope": "whole model", "bytes": float(totals["bytes"]),
-                    "rounds": float(totals.get("rounds", float("nan")))}
-    totals = (scope_report or {}).get("totals") or {}
+def estimate_of(report: dict, which: str) -> dict | None:
+    """The whole-model estimate in cipherdm's rewrite report (``model_estimate``: ``direct`` = the model as given
+    under SPU's defaults, ``rewritten``), else its rewrite totals (the rewritten nonlinear nodes only, ``before``
+    under SPU's own lowering, ``after`` under the protocols)."""
+    est = (report.get("model_estimate") or {}).get(which)
+    if isinstance(est, dict) and "bytes" in est:
+        return {"source": f"report model_estimate.{which}", "scope": "whole model", "bytes": float(est["bytes"]),
+                "rounds": float(est["rounds"])}
+    totals = report.get("totals") or {}
     if totals.get("rewritten"):
-        return {"source": f"rewrite totals ({which})", "scope": "rewritten nonlinear nodes only",
-                "bytes": float(totals[f"est_bytes_{which}"]), "rounds": float(totals[f"est_rounds_{which}"])}
+        when = "before" if which == "direct" else "after"
+        return {"source": f"report totals ({when})", "scope": "rewritten nonlinear nodes only",
+                "bytes": float(totals[f"est_bytes_{when}"]), "rounds": float(totals[f"est_rounds_{when}"])}
     return None
+
+
+def estimate_with_knobs(model: onnx.ModelProto, public: list[str], knobs: dict) -> dict | None:
+    """passes.cost's whole-model estimate of the unrewritten model under these SPU knobs (what model_estimate.direct
+    is under SPU's defaults)."""
+    try:
+        from passes.cost import estimate_model
+    except ImportError:
+        return None
+    totals = estimate_model(model, set(public), {"runtime": dict(knobs.get("runtime", {})),
+                                                 "compiler": dict(knobs.get("compiler", {}))})["totals"]
+    return {"source": "passes.cost.estimate_model under these knobs", "scope": "whole model",
+            "bytes": float(totals["bytes"]), "rounds": float(totals["rounds"])}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -367,16 +380,12 @@ def run_benchmark(model_path, *, inputs: dict | None = None, inputs_source: str 
     configs = {}
     for key in CONFIG_KEYS:
         v, m = variants[key], measured[key]
-        report = v.program.report
-        if key == "direct":
-            est = estimate_of(report, variants["cipherdm"].program.report, "before")
-        elif key == "cipherdm":
-            est = estimate_of(report, report, "after")
+        if key == "best_knobs" and m.get("same_as") is None:
+            est = estimate_with_knobs(model, public, configs_knobs(v))
         else:
-            est = None if m.get("same_as") is None else estimate_of(report, variants["cipherdm"].program.report,
-                                                                    "before")
+            est = estimate_of(variants["cipherdm"].program.report, "rewritten" if key == "cipherdm" else "direct")
         configs[key] = {"label": LABELS[key], "rewrites": v.program.rewrites, "spu_config": v.program.config.to_json(),
-                        "knobs": {"runtime": v.program.config.runtime, "compiler": v.program.config.compiler},
+                        "knobs": configs_knobs(v),
                         **{k: val for k, val in m.items() if k != "same_as"}, "same_as": m.get("same_as"),
                         "time_s": statistics.median(times[key]) if times.get(key) else None,
                         "times_s": times.get(key, []), "compile_s": v.compile_s, "estimate": est}
@@ -394,6 +403,10 @@ def run_benchmark(model_path, *, inputs: dict | None = None, inputs_source: str 
     }
     result["targets"] = targets(result)
     return result
+
+
+def configs_knobs(variant: Variant) -> dict:
+    return {"runtime": variant.program.config.runtime, "compiler": variant.program.config.compiler}
 
 
 def _cases(calibration: dict, specs) -> int:
