@@ -58,9 +58,12 @@ CIPHERDM_DOMAIN = "cipherdm"
 FREE = {
     "Add", "Sub", "Neg", "Identity", "Reshape", "Transpose", "Concat", "Slice", "Squeeze", "Unsqueeze", "Flatten",
     "Expand", "Split", "Pad", "Tile", "Gather", "GatherElements", "GatherND", "ScatterND", "ScatterElements",
-    "ReduceSum", "Sum", "Constant", "ConstantOfShape", "Shape", "Size", "Dropout", "Cast", "CastLike",
+    "ReduceSum", "Sum", "Constant", "ConstantOfShape", "Shape", "Size", "Dropout",
     "SpaceToDepth", "DepthToSpace", "Trilu", "CumSum", "Range", "EyeLike",
 }
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+_INT_TYPES = {onnx.TensorProto.INT8, onnx.TensorProto.INT16, onnx.TensorProto.INT32, onnx.TensorProto.INT64,
+              onnx.TensorProto.UINT8, onnx.TensorProto.UINT16, onnx.TensorProto.UINT32, onnx.TensorProto.UINT64}
 # Indexing ops: free with public indices (a permutation of shares), priced by no rule with secret ones.
 INDEXING = {"Gather": 1, "GatherElements": 1, "GatherND": 1, "ScatterND": 1, "ScatterElements": 1}
 # Elementwise ops with one secret input whose per-element cost the calibration measured through the compiler's
@@ -131,7 +134,9 @@ class EffectiveTable:
     def reduce_max(self, n: int) -> tuple[float, float]:
         return self.table.reduce_max(n)
 
-    knob = staticmethod(lambda knobs, section, name, default=None: (knobs or {}).get(section, {}).get(name, default))
+    @staticmethod
+    def knob(knobs: dict | None, section: str, name: str, default=None):
+        return (knobs or {}).get(section, {}).get(name, default)
 
 
 class Prices:
@@ -139,8 +144,8 @@ class Prices:
 
     # Natives measured whole in costs.json that are compositions: under knobs nobody measured, price the
     # measured default plus the change of their parts.
-    COMPOSITE = {"sigmoid": ("exp", "reciprocal"), "erf": ("exp", "reciprocal"), "softplus": ("exp", "log"),
-                 "sqrt": ("rsqrt",), "divide": ("reciprocal",)}
+    COMPOSITE = {"sigmoid": ("exp", "reciprocal"), "erf": ("exp", "reciprocal"), "softplus": ("exp",),
+                 "divide": ("reciprocal",)}
 
     def __init__(self, knobs: dict | None):
         from runtime.protocols.cost_model import load_table
@@ -174,8 +179,7 @@ class Prices:
         try:
             return self.table.native(fn, None)
         except KeyError:
-            op = self.own.get("ops", {}).get(fn)
-            return (float(op["bytes"]), float(op["rounds"])) if op else None
+            return None
 
     def op(self, name: str) -> tuple[float, float]:
         ops = self.own.get("ops", {})
@@ -282,7 +286,7 @@ class GraphInfo:
         for node in graph.node:
             if node.op_type in _VALUE_PRESERVING and node.input and node.input[0] in self.ones:
                 self.ones.update(o for o in node.output if o)
-        self.shapes = _infer_shapes(model)
+        self.shapes, self.types = _infer_shapes(model)
 
     def shape(self, name: str) -> tuple[int, ...]:
         if name in self.shapes:
@@ -296,25 +300,54 @@ def _size(shape) -> int:
     return int(np.prod(shape, dtype=np.int64)) if len(shape) else 1
 
 
-def _infer_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+def _infer_shapes(model: onnx.ModelProto) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
+    """Static shapes and ONNX element types of the model's tensors."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception:  # noqa: BLE001 - fall back to what the model declares
         inferred = model
     shapes: dict[str, tuple[int, ...]] = {}
+    types: dict[str, int] = {}
     g = inferred.graph
     for vi in list(g.input) + list(g.value_info) + list(g.output):
         t = vi.type.tensor_type
+        if t.elem_type:
+            types[vi.name] = t.elem_type
         if t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
             shapes[vi.name] = tuple(int(d.dim_value) for d in t.shape.dim)
     for init in g.initializer:
         shapes[init.name] = tuple(int(d) for d in init.dims)
+        types[init.name] = init.data_type
     # Protocol nodes keep their input's shape (shape inference may not see through their function bodies).
     for node in g.node:
         if node.domain == CIPHERDM_DOMAIN and node.input and node.input[0] in shapes:
             for out in node.output:
                 shapes.setdefault(out, shapes[node.input[0]])
-    return shapes
+    if any(out and out not in shapes for node in g.node for out in node.output):
+        # ONNX shape inference gave up somewhere (e.g. a Slice whose bounds come from Shape arithmetic): trace the
+        # compiler's own lowering abstractly, which folds such arithmetic.
+        try:
+            shapes.update(_traced_shapes(model))
+        except Exception:  # noqa: BLE001 - nodes without a shape are reported as unsupported
+            pass
+    return shapes, types
+
+
+def _traced_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape from an abstract trace (jax.eval_shape) of the compiler's lowering."""
+    from compiler.interpreter import Interpreter
+    from compiler.lowering import lower
+
+    seen: dict[str, tuple[int, ...]] = {}
+
+    class ShapeRecorder(Interpreter):
+        def on_node_done(self, node, inputs, outputs):
+            for name, value in zip(node.output, outputs):
+                if name and value is not None:
+                    seen[name] = tuple(int(d) for d in np.shape(value))
+
+    lower(model, interpreter_cls=ShapeRecorder)
+    return seen
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -424,6 +457,16 @@ def _div(n: Node) -> NodeCost:
     c.rule = "Div by a secret: SPU's divide per element"
     b, r = n.prices.native("divide")
     return c.add("native:divide", b * out, r)
+
+
+@rule("Cast", "CastLike")
+def _cast(n: Node) -> NodeCost:
+    """Free (a comparison's bit is already arithmetic, ints widen locally) except fixed point to integer."""
+    src = n.g.types.get(n.node.input[0])
+    dst = n.attrs.get("to") if n.op_type == "Cast" else n.g.types.get(n.node.input[1])
+    if src in _FLOAT_TYPES and dst in _INT_TYPES:
+        return _measured(n, "cast_to_int")
+    return NodeCost(rule="Cast: local")
 
 
 @rule("Reciprocal")
@@ -879,7 +922,7 @@ def _attention(n: Node) -> NodeCost:
 
 
 def _is_bool_input(n: Node, i: int) -> bool:
-    return n.node.input[i] in n.g.bool_tensors
+    return n.g.types.get(n.node.input[i]) == onnx.TensorProto.BOOL
 
 
 # cipherdm:: protocol nodes ------------------------------------------------------------------------------------
@@ -938,7 +981,6 @@ def estimate_model(model: onnx.ModelProto, public_inputs: set[str] | frozenset[s
     prices = Prices(knobs)
     info = GraphInfo(model, set(public_inputs))
     info.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 18)
-    info.bool_tensors = _bool_tensors(model)
     nodes, unsupported = [], []
     depth: dict[str, float] = {}
     for node in model.graph.node:
@@ -994,15 +1036,3 @@ def by_op_type(estimate: dict) -> dict[str, dict]:
         e["bytes"] += n["bytes"]
         e["rounds"] += n["rounds"]
     return dict(sorted(out.items(), key=lambda kv: -kv[1]["bytes"]))
-
-
-def _bool_tensors(model: onnx.ModelProto) -> set[str]:
-    names = set()
-    g = model.graph
-    for vi in list(g.input) + list(g.value_info) + list(g.output):
-        if vi.type.tensor_type.elem_type == onnx.TensorProto.BOOL:
-            names.add(vi.name)
-    for init in g.initializer:
-        if init.data_type == onnx.TensorProto.BOOL:
-            names.add(init.name)
-    return names

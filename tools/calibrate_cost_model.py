@@ -12,7 +12,8 @@ Everything runs as three in-process SPU parties (ABY3, FM64, 18 fraction bits, p
 ``runtime.spu_profile.profile_run``; bytes are the 3-party link send bytes, rounds the largest per-party count of
 send actions. Per-op constants are measured on one-node ONNX models lowered by cipherdm's own compiler (so they
 price exactly the expression the compiler emits), on 4096 secret elements; bytes per element are exact integers
-and rounds do not depend on the size for elementwise ops. The batched-matmul rounds (SPU runs dot_general batch
+and rounds do not depend on the size for elementwise ops. Rounds of a primitive inside a longer program (chains of
+32 dependent ops, 3 runs) replace its rounds alone, which overstate a sequence. The batched-matmul rounds (SPU runs dot_general batch
 by batch) are fitted as ``base + per_batch * batches`` on 1, 4 and 16 batches. The primitive and native costs
 (mul, trunc, compare, select, exp, reciprocal, rsqrt, ...) are not re-measured here: they come from
 ``runtime/protocols/coefficients/costs.json`` (``python -m tools.measure_protocols``).
@@ -112,9 +113,9 @@ def validate(names=VALIDATION_MODELS, log=print) -> list[dict]:
             est = estimate_model(m, public, knobs)["totals"]
             row = {"model": Path(name).stem if name.endswith(".onnx") else name, "mode": mode,
                    "measured_bytes": int(measured.total_bytes), "estimated_bytes": est["bytes"],
-                   "error": est["bytes"] / measured.total_bytes - 1,
-                   "measured_rounds": int(measured.rounds), "estimated_rounds": est["rounds"],
-                   "critical_path_rounds": est["critical_path_rounds"],
+                   "error": round(est["bytes"] / measured.total_bytes - 1, 6),
+                   "measured_rounds": int(measured.rounds), "estimated_rounds": round(est["rounds"], 1),
+                   "critical_path_rounds": round(est["critical_path_rounds"], 1),
                    "seconds": round(time.perf_counter() - start, 1)}
             rows.append(row)
             log(_row_text(row))
@@ -164,6 +165,7 @@ def _op_cases():
     unary["Log"] = ("Log", [("x", pos, "secret")], {})
     unary["Equal"] = ("Equal", [("x", x, "secret"), ("c", np.array(1.0, f), "constant")], {})
     unary["div_public"] = ("Div", [("x", x, "secret"), ("p", pos, "public")], {})
+    unary["cast_to_int"] = ("Cast", [("x", x, "secret")], {"to": TensorProto.INT32})
     return unary
 
 
@@ -171,7 +173,7 @@ def measure_ops(log=print) -> dict:
     ops = {}
     size = int(np.prod(ELEMENTS))
     for key, (op_type, inputs, attrs) in _op_cases().items():
-        out_type = TensorProto.BOOL if op_type == "Equal" else TensorProto.FLOAT
+        out_type = {"Equal": TensorProto.BOOL, "Cast": TensorProto.INT32}.get(op_type, TensorProto.FLOAT)
         model, feeds, public = _one_node(op_type, inputs, attrs, out_type=out_type)
         r = measure_model(model, feeds, public)
         ops[key] = {"bytes": r.total_bytes / size, "rounds": int(r.rounds), "op_type": op_type,
@@ -189,10 +191,11 @@ def measure_batched_dot(log=print) -> dict:
             a = rng.standard_normal((batches, 16, 16)).astype(np.float32)
             b = rng.standard_normal((batches, 16, 16)).astype(np.float32)
             model, feeds, public = _one_node("MatMul", [("a", a, "secret"), ("b", b, kind)])
-            r = measure_model(model, feeds, public)
-            points.append((batches, int(r.rounds)))
-            log(f"batched matmul secret x {kind}, {batches:2d} batches: {r.rounds} rounds, "
-                f"{r.total_bytes / (batches * 256):.1f} B per output element")
+            runs = [measure_model(model, feeds, public) for _ in range(REPEATS)]
+            rounds = sum(r.rounds for r in runs) / REPEATS
+            points.append((batches, rounds))
+            log(f"batched matmul secret x {kind}, {batches:2d} batches: {rounds:.1f} rounds, "
+                f"{runs[0].total_bytes / (batches * 256):.1f} B per output element")
         xs, ys = np.array([p[0] for p in points], float), np.array([p[1] for p in points], float)
         per_batch, base = np.polyfit(xs, ys, 1)
         fits[kind] = {"base": round(float(base), 3), "per_batch": round(float(per_batch), 3),
@@ -200,11 +203,13 @@ def measure_batched_dot(log=print) -> dict:
     return fits
 
 
-CHAIN = 16
+CHAIN = 32
+REPEATS = 3
 
 
 def _chain_rounds(step, secret_b: bool = True) -> tuple[float, float]:
-    """(rounds, bytes per element) per step of ``CHAIN`` dependent steps ``a = step(a, b_i)`` in one program."""
+    """(rounds, bytes per element) per step of ``CHAIN`` dependent steps ``a = step(a, b_i)`` in one program,
+    rounds averaged over ``REPEATS`` runs (the parties' send-action counts vary a little from run to run)."""
     from runtime.spu_profile import profile_run
     rng = np.random.default_rng(2)
     a = rng.uniform(0.5, 2.0, (16, 64)).astype(np.float32)
@@ -216,8 +221,8 @@ def _chain_rounds(step, secret_b: bool = True) -> tuple[float, float]:
             x = step(x, y + np.float32(i * 1e-3))
         return x
 
-    r = profile_run(program, [a, b], ["secret", "secret" if secret_b else "public"])
-    return r.rounds / CHAIN, r.total_bytes / (a.size * CHAIN)
+    runs = [profile_run(program, [a, b], ["secret", "secret" if secret_b else "public"]) for _ in range(REPEATS)]
+    return (sum(r.rounds for r in runs) / (REPEATS * CHAIN), runs[0].total_bytes / (a.size * CHAIN))
 
 
 def measure_effective_rounds(log=print) -> dict:
