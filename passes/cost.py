@@ -198,13 +198,58 @@ class Prices:
 
     def backend(self, knobs):
         """A CostBackend counting with these prices (for protocol expressions)."""
-        from runtime.protocols.backends import CostBackend
-        return CostBackend(self.table, knobs.to_json())
+        return _folding_backend()(self.table, knobs.to_json())
 
     @property
     def spu_knobs(self):
         from runtime.protocols import SpuKnobs
         return SpuKnobs(dict(self.knobs["runtime"]), dict(self.knobs["compiler"]))
+
+
+@lru_cache(maxsize=1)
+def _folding_backend():
+    """CostBackend that knows constants of ones (a norm's default scale): SPU's compiler folds products with them
+    away, so they cost nothing (built lazily: the protocol package is imported on first use)."""
+    from dataclasses import dataclass as _dataclass
+
+    from runtime.protocols.backends import CostBackend, Sym
+
+    @_dataclass
+    class One(Sym):
+        public: bool = True
+
+    class FoldingBackend(CostBackend):
+        one = One
+
+        def mul_many(self, pairs):
+            outs: list = [None] * len(pairs)
+            rest, where = [], []
+            for k, (a, b) in enumerate(pairs):
+                if isinstance(a, One) or isinstance(b, One):
+                    other = b if isinstance(a, One) else a
+                    shape = self._shape(a, b)
+                    outs[k] = One(shape) if isinstance(other, One) else Sym(shape, other.public)
+                else:
+                    rest.append((a, b))
+                    where.append(k)
+            for k, out in zip(where, super().mul_many(rest) if rest else []):
+                outs[k] = out
+            return outs
+
+        def channel_vector(self, scale):
+            return One((1, scale.shape[0], 1)) if isinstance(scale, One) else super().channel_vector(scale)
+
+        def channel_fold(self, per_group, scale, num_groups, like):
+            if isinstance(scale, One):
+                return Sym((like.shape[0], like.shape[1], 1), per_group.public)
+            return super().channel_fold(per_group, scale, num_groups, like)
+
+        def rows_apply(self, normalized, scale, bias, like):
+            if isinstance(scale, One):
+                return Sym(like.shape, normalized.public and (bias is None or bias.public))
+            return super().rows_apply(normalized, scale, bias, like)
+
+    return FoldingBackend
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -754,7 +799,7 @@ def _protocol_cost(n: Node, op: str, proto=None, shape=None, secret: bool | None
     """Cost of a protocol (default: the op's direct variant, the compiler's own expression) on this node.
 
     Like :meth:`Protocol.cost`, but a norm's scale and bias count as public when they are (a constant scale is a
-    truncated product, not a secret one)."""
+    truncated product, not a secret one; a constant of ones is folded away by SPU's compiler)."""
     import runtime.protocols as protocols
     from runtime.protocols.backends import Sym
     if proto is None:
@@ -775,18 +820,17 @@ def _protocol_cost(n: Node, op: str, proto=None, shape=None, secret: bool | None
             kw["axis"] = kw.get("axis", -1) % len(shape)
             inner = shape[kw["axis"]:]
         kw.setdefault("epsilon", 1e-5)
+        one = type(bk).one
         for i in (1, 2):
-            inputs.append(Sym(inner, public=not n.secret(i)) if (n.has(i) or op == "group_norm") else None)
+            if not (n.has(i) or op == "group_norm"):
+                inputs.append(None)
+            else:
+                inputs.append(one(inner) if n.ones(i) else Sym(inner, public=not n.secret(i)))
     elif op == "softmax":
         kw["axis"] = kw.get("axis", -1)
     proto.evaluate(bk, *inputs, **kw)
     t = bk.tally
     c.bytes, c.rounds, c.parts = float(t.bytes), float(t.rounds), dict(t.breakdown)
-    if op in ("group_norm", "layer_norm") and proto.family == "direct" and n.ones(1):
-        # The compiler's expression multiplies every element by the scale: a constant one folds away.
-        tb, tr = n.prices.primitive("trunc")
-        c.add("trunc", -tb * _size(shape), -tr)
-        c.rule += "; scale of constant ones folded away"
     return c
 
 

@@ -223,3 +223,21 @@ def test_unsupported_secret_ops_are_listed():
     assert [u["op_type"] for u in est["unsupported"]] == ["Gather"]
     assert "secret indices" in est["unsupported"][0]["reason"]
     assert estimate_model(model, {"i"})["unsupported"] == []
+
+
+def test_norm_scale_secret_public_or_ones():
+    """A norm's scale multiplies every element: secret weight (mul), public constant (truncation), or a constant
+    of ones (folded away by SPU's compiler, as in exports of norms without affine parameters)."""
+    def layer_norm(scale_node):
+        nodes = [scale_node, h.make_node("LayerNormalization", ["x", "s"], ["y"], axis=-1)] if scale_node else \
+            [h.make_node("LayerNormalization", ["x", "s"], ["y"], axis=-1)]
+        inits = [] if scale_node else [nh.from_array(np.full(16, 2.0, np.float32), "s")]
+        model = _model(nodes, [_vi("x", [4, 16])], [_vi("y", [4, 16])], inits)
+        return estimate_model(model, set())["totals"]["bytes"]
+
+    def constant(value):
+        return h.make_node("Constant", [], ["s"], value=nh.from_array(np.full(16, value, np.float32)))
+
+    secret, public, ones = layer_norm(None), layer_norm(constant(2.0)), layer_norm(constant(1.0))
+    assert secret - public == 64 * (_prim("mul") - _prim("trunc"))
+    assert public - ones == 64 * _prim("trunc")
