@@ -12,6 +12,9 @@ A ``.cdm`` is a zip that every party gets; it never holds weight values:
 ``program.stablehlo.mlir``  the StableHLO it was compiled from (recompiled when the SPU version differs)
 ``model.onnx``              the ONNX graph that was lowered, weights turned into graph inputs
 ``report.json``             the rewrite report (``rewrites`` list: one entry per MPC rewrite decision)
+``reference.onnx``          optional: the float graph before the MPC rewrites, weights turned into graph
+                            inputs (present when rewrites changed the graph; the plaintext twin of a
+                            secure sample runs on it)
 ==========================  ==========================================================================
 
 The artifact's identity, compared by the parties before they run, is :attr:`Artifact.digest`, the SHA-256 of
@@ -47,6 +50,8 @@ STABLEHLO = "program.stablehlo.mlir"
 ONNX_GRAPH = "model.onnx"
 REPORT = "report.json"
 MEMBERS = (EXECUTABLE, STABLEHLO, ONNX_GRAPH, REPORT)
+REFERENCE_GRAPH = "reference.onnx"
+OPTIONAL_MEMBERS = (REFERENCE_GRAPH,)
 
 
 class ArtifactError(CipherdmError):
@@ -103,6 +108,12 @@ class Artifact:
     report: dict
     digest: str
     path: str | None = None
+    reference_graph: bytes | None = None  # the float graph before rewrites, if they changed it
+
+    @property
+    def float_graph(self) -> bytes:
+        """The model's float graph as exported (before any MPC rewrite), weights as graph inputs."""
+        return self.reference_graph if self.reference_graph is not None else self.onnx_graph
 
     @property
     def args(self) -> list[ArgSpec]:
@@ -172,6 +183,8 @@ def write_artifact(program: CompiledProgram, path: str | os.PathLike) -> Artifac
         ONNX_GRAPH: program.onnx_graph,
         REPORT: _json_bytes(program.report),
     }
+    if program.reference_graph is not None:
+        members[REFERENCE_GRAPH] = program.reference_graph
     manifest = build_manifest(program, members)
     manifest_bytes = _json_bytes(manifest)
     with atomic_output(path) as tmp:
@@ -180,7 +193,7 @@ def write_artifact(program: CompiledProgram, path: str | os.PathLike) -> Artifac
             for name, data in members.items():
                 z.writestr(name, data)
     return Artifact(manifest, program.executable, program.stablehlo, program.onnx_graph, program.report,
-                    sha256(manifest_bytes), str(path))
+                    sha256(manifest_bytes), str(path), program.reference_graph)
 
 
 def write_weights(weights: dict[str, np.ndarray], path: str | os.PathLike) -> None:
@@ -195,7 +208,7 @@ def read_artifact(path: str | os.PathLike) -> Artifact:
     try:
         with zipfile.ZipFile(path) as z:
             names = set(z.namelist())
-            data = {name: z.read(name) for name in (MANIFEST,) + MEMBERS if name in names}
+            data = {name: z.read(name) for name in (MANIFEST,) + MEMBERS + OPTIONAL_MEMBERS if name in names}
     except zipfile.BadZipFile as exc:
         raise ArtifactError(f"{path} is not a cipherdm program: it is not a zip archive or it is truncated "
                             f"({exc})") from exc
@@ -215,6 +228,13 @@ def read_artifact(path: str | os.PathLike) -> Artifact:
     problems = [f"member {name} has SHA-256 {sha256(data[name])[:16]}..., the manifest says "
                 f"{manifest['members'][name][:16]}..." for name in MEMBERS
                 if sha256(data[name]) != manifest["members"].get(name)]
+    for name in OPTIONAL_MEMBERS:
+        if (name in data) != (name in manifest["members"]):
+            problems.append(f"member {name} is {'present' if name in data else 'missing'} but the manifest "
+                            f"{'does not list it' if name in data else 'lists it'}")
+        elif name in data and sha256(data[name]) != manifest["members"][name]:
+            problems.append(f"member {name} has SHA-256 {sha256(data[name])[:16]}..., the manifest says "
+                            f"{manifest['members'][name][:16]}...")
     if sha256(data[EXECUTABLE]) != manifest["program_sha256"]:
         problems.append("the SPU executable does not match program_sha256")
     if problems:
@@ -224,7 +244,7 @@ def read_artifact(path: str | os.PathLike) -> Artifact:
     except ValueError as exc:
         raise ArtifactError(f"{path}: report.json is not valid JSON ({exc})") from exc
     return Artifact(manifest, data[EXECUTABLE], data[STABLEHLO].decode("utf-8"), data[ONNX_GRAPH], report,
-                    sha256(data[MANIFEST]), str(path))
+                    sha256(data[MANIFEST]), str(path), data.get(REFERENCE_GRAPH))
 
 
 def _manifest_problems(manifest) -> list[str]:

@@ -112,6 +112,9 @@ class CompiledProgram:
     report: dict
     weights: dict[str, np.ndarray]
     timings: dict[str, float] = field(default_factory=dict)
+    # The float model before the MPC rewrites (weights removed the same way), when rewrites changed the graph:
+    # the plaintext twin of a secure sample is computed on it (runtime.secure_sampler).
+    reference_graph: bytes | None = None
 
 
 def arg_roles(lowered: LoweredModel, public: list[str] | tuple[str, ...] = ()) -> list[ArgSpec]:
@@ -160,13 +163,17 @@ def build_executable(name: str, input_names: list[str], output_names: list[str],
     return libspu.Executable(name, list(input_names), list(output_names), code)
 
 
-def strip_weights(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy without weight values: each float initializer becomes a graph input of the same type and shape."""
+def strip_weights(model: onnx.ModelProto, keep: frozenset[str] | set[str] = frozenset()) -> onnx.ModelProto:
+    """A copy without weight values: each float initializer becomes a graph input of the same type and shape.
+
+    ``keep`` names float initializers that are public architecture constants (not in the weights file), which
+    stay initializers so the stored graph still computes the model.
+    """
     stripped = onnx.ModelProto()
     stripped.CopyFrom(model)
     kept, weight_inputs = [], []
     for init in stripped.graph.initializer:
-        if is_weight(init):
+        if is_weight(init) and init.name not in keep:
             weight_inputs.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
         else:
             kept.append(init)
@@ -208,7 +215,8 @@ def compile_model(model: onnx.ModelProto | str, *, input_shapes=None, public=(),
 
     t = time.perf_counter()
     # Architecture constants of the public computation (the timestep frequency table) stay public.
-    lowered = lower(rewritten.model, public_initializers=public_initializers(rewritten.model, set(public)))
+    constants = public_initializers(rewritten.model, set(public))
+    lowered = lower(rewritten.model, public_initializers=constants)
     args = arg_roles(lowered, list(public))
     text = stablehlo_text(lowered)
     timings["lower"] = time.perf_counter() - t
@@ -222,8 +230,10 @@ def compile_model(model: onnx.ModelProto | str, *, input_shapes=None, public=(),
     return CompiledProgram(
         name=name, config=config, rewrites=rewrites, args=args, outputs=outputs,
         executable=exe.SerializeToString(), stablehlo=text,
-        onnx_graph=strip_weights(rewritten.model).SerializeToString(), report=rewritten.report,
-        weights={k: np.asarray(v) for k, v in lowered.weights.items()}, timings=timings)
+        onnx_graph=strip_weights(rewritten.model, constants).SerializeToString(), report=rewritten.report,
+        weights={k: np.asarray(v) for k, v in lowered.weights.items()}, timings=timings,
+        reference_graph=None if rewritten.model is prepared else
+        strip_weights(prepared, public_initializers(prepared, set(public))).SerializeToString())
 
 
 def _stem(path: str) -> str:

@@ -10,8 +10,8 @@ import onnx
 import pytest
 
 import secure_models
-from compiler.artifact import (EXECUTABLE, MANIFEST, ONNX_GRAPH, REPORT, STABLEHLO, ArtifactError, DataError,
-                               read_artifact, read_inputs, read_weights, sha256)
+from compiler.artifact import (EXECUTABLE, MANIFEST, ONNX_GRAPH, REFERENCE_GRAPH, REPORT, STABLEHLO, ArtifactError,
+                               DataError, read_artifact, read_inputs, read_weights, sha256)
 from compiler.spu_compile import CompileError, compile_model
 from tools.cli import main as cli
 
@@ -30,7 +30,8 @@ def tiny(tmp_path_factory):
 def test_manifest_describes_program_roles_and_digests(tiny):
     folder, model, _ = tiny
     with zipfile.ZipFile(folder / "tiny.cdm") as z:
-        assert set(z.namelist()) == {MANIFEST, EXECUTABLE, STABLEHLO, ONNX_GRAPH, REPORT}
+        # reference.onnx: the float graph before the rewrites (the sampler's plaintext twin runs on it).
+        assert set(z.namelist()) == {MANIFEST, EXECUTABLE, STABLEHLO, ONNX_GRAPH, REPORT, REFERENCE_GRAPH}
         manifest = json.loads(z.read(MANIFEST))
         members = {name: z.read(name) for name in z.namelist()}
     import spu
@@ -43,7 +44,8 @@ def test_manifest_describes_program_roles_and_digests(tiny):
     assert [(o["name"], o["shape"], o["receiver"]) for o in manifest["outputs"]] == [("y", [2, 4], "user"),
                                                                                        ("e", [2, 4], "user")]
     assert manifest["program_sha256"] == sha256(members[EXECUTABLE])
-    assert all(manifest["members"][n] == sha256(members[n]) for n in (EXECUTABLE, STABLEHLO, ONNX_GRAPH, REPORT))
+    assert all(manifest["members"][n] == sha256(members[n]) for n in (EXECUTABLE, STABLEHLO, ONNX_GRAPH, REPORT,
+                                                                      REFERENCE_GRAPH))
     report = json.loads(members[REPORT])
     assert report["mode"] == "cipherdm"
     assert all({"pattern", "nodes", "protocol", "error_max"} <= set(r) for r in report["rewrites"])
