@@ -58,12 +58,16 @@ def free_ports(n: int) -> list[int]:
 def run_local(artifact_path, weights_path, inputs_path, output_path, *, work_dir: str | None = None,
               roles: dict[str, int] | None = None, heartbeat_timeout_s: float = 15.0,
               recv_timeout_s: float = 300.0, programs: dict[int, str] | None = None,
-              env: dict[str, str] | None = None, tls=None, connect_timeout_s: float = 60.0) -> LocalRun:
+              env: dict[str, str] | None = None, tls=None, connect_timeout_s: float = 60.0,
+              command=None, on_poll=None) -> LocalRun:
     """Run the program as three local processes; raises PartyError naming the failed party.
 
     ``work_dir`` keeps parties.json, every party's console output (``partyR.out``), SPU log (``partyR.spu.log``)
     and status; by default a temporary folder removed afterwards. ``programs`` hands some ranks another program
     file (tests use it to check the handshake); ``env`` adds environment variables to the children.
+    ``command(rank, parties, parties_path, work)`` replaces the ``cipherdm party`` command line of each child
+    (the sampler runs its own party program; it must write ``--status-out``-style status files the same way);
+    ``on_poll()`` is called about every 50 ms while the children run (progress display).
     """
     keep = work_dir is not None
     work = Path(work_dir or tempfile.mkdtemp(prefix="cipherdm-local-"))
@@ -77,6 +81,9 @@ def run_local(artifact_path, weights_path, inputs_path, output_path, *, work_dir
 
     commands = []
     for rank in range(3):
+        if command is not None:
+            commands.append(command(rank, parties, parties_path, work))
+            continue
         program = (programs or {}).get(rank, artifact_path)
         cmd = [sys.executable, "-m", "tools.cli", "party", "--rank", str(rank), "--parties",
                str(parties_path), str(program), "--spu-log", str(work / f"party{rank}.spu.log"),
@@ -101,7 +108,7 @@ def run_local(artifact_path, weights_path, inputs_path, output_path, *, work_dir
             procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                           env=env, start_new_session=True))
             out.close()
-        failures = _supervise(procs, parties, work)
+        failures = _supervise(procs, parties, work, on_poll)
         wall = time.perf_counter() - start
         if failures:
             raise PartyError("the secure run failed", failures)
@@ -114,10 +121,12 @@ def run_local(artifact_path, weights_path, inputs_path, output_path, *, work_dir
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _supervise(procs, parties: PartiesConfig, work: Path) -> list[str]:
+def _supervise(procs, parties: PartiesConfig, work: Path, on_poll=None) -> list[str]:
     """Wait for all children; on the first failure stop the rest and explain, failed party first."""
     first_failed: int | None = None
     while True:
+        if on_poll is not None:
+            on_poll()
         codes = [p.poll() for p in procs]
         failed = [r for r, c in enumerate(codes) if c not in (None, 0)]
         if failed:
