@@ -58,7 +58,8 @@ def test_estimate_within_15_percent_of_spu(name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["unet2d_attn.dynamo18", "unet2d_gelu.dynamo20", "unet2d_cond.dynamo18",
-                                  "dit_block.dynamo23", "vae_decoder.dynamo20"])
+                                  "unet2d_fourier.dynamo20", "dit_block.ts17", "dit_block.dynamo23",
+                                  "vae_decoder.dynamo20"])
 def test_estimate_within_15_percent_of_spu_more_fixtures(name):
     _check_against_spu(_measure_and_estimate(name))
 
