@@ -26,12 +26,12 @@ TOLERANCE = 0.15
 
 
 def _measure_and_estimate(name: str):
-    from tools.calibrate_cost_model import _config, load_fixture, measure_model, rewritten
+    from tools.calibrate_cost_model import load_fixture, measure_model, rewritten, spu_config
     model, inputs, public = load_fixture(name)
     result = rewritten(model, inputs, public)
     rows = {}
     for mode, m, knobs in (("direct", model, {}), ("rewritten", result.model, result.knobs.to_json())):
-        measured = measure_model(m, inputs, public, _config(knobs))
+        measured = measure_model(m, inputs, public, spu_config(knobs))
         est = estimate_model(m, public, knobs)
         rows[mode] = (measured, est)
     return rows

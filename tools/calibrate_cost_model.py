@@ -94,7 +94,8 @@ def rewritten(model: onnx.ModelProto, inputs: dict, public: set[str]):
     return rewrite(model, public_inputs=public, calibration=[inputs])
 
 
-def _config(knobs: dict | None):
+def spu_config(knobs: dict | None):
+    """The SecureConfig (ABY3, FM64, 18 bits) a program runs with under ``knobs`` {"runtime", "compiler"}."""
     from runtime.spu_config import SecureConfig
     knobs = knobs or {}
     return SecureConfig(runtime=dict(knobs.get("runtime", {})), compiler=dict(knobs.get("compiler", {})))
@@ -109,7 +110,7 @@ def validate(names=VALIDATION_MODELS, log=print) -> list[dict]:
         result = rewritten(model, inputs, public)
         for mode, m, knobs in (("direct", model, {}), ("rewritten", result.model, result.knobs.to_json())):
             start = time.perf_counter()
-            measured = measure_model(m, inputs, public, _config(knobs))
+            measured = measure_model(m, inputs, public, spu_config(knobs))
             est = estimate_model(m, public, knobs)["totals"]
             row = {"model": Path(name).stem if name.endswith(".onnx") else name, "mode": mode,
                    "measured_bytes": int(measured.total_bytes), "estimated_bytes": est["bytes"],
@@ -330,7 +331,7 @@ def per_node(name: str, use_rewritten: bool = False, log=print, min_bytes: float
         if entry["bytes"] < min_bytes and entry["rounds"] == 0:
             continue
         one, feeds, pub = node_alone(model, index, public, inputs)
-        r = measure_model(one, feeds, pub, _config(knobs))
+        r = measure_model(one, feeds, pub, spu_config(knobs))
         alone = estimate_model(one, pub, knobs)["totals"]
         row = {"name": entry["name"], "op_type": entry["op_type"], "measured_bytes": int(r.total_bytes),
                "estimated_bytes": entry["bytes"], "measured_rounds": int(r.rounds), "estimated_rounds": entry["rounds"],
