@@ -35,6 +35,7 @@ class Choice:
     interval: tuple[float, float]
     error: dict
     best_rejected: tuple[str, float] | None = None
+    reason: str = ""  # why the node keeps SPU's own expression (protocol None)
 
 
 def _variances(op: str, x: np.ndarray, attrs: dict) -> np.ndarray:
@@ -122,11 +123,18 @@ def choose(op: str, shape: tuple, attrs: dict, stats: TensorStats | None, budget
     kwargs = op_kwargs(op, attrs)
     cost_kw = {k: v for k, v in kwargs.items() if k in ("num_groups", "axis")}
     sample_sets = _sample_inputs(op, shape, attrs, stats, interval, extra_inputs)
-    ranked = sorted(protocols.variants(op), key=lambda p: (p.cost(shape, **cost_kw).bytes, p.name))
+    direct = protocols.direct(op, **({"approximate": attrs.get("approximate", "none")} if op == "gelu" else {}))
+    direct_bytes = direct.cost(shape, **cost_kw).bytes
+    costs = {p.name: p.cost(shape, **cost_kw).bytes for p in protocols.variants(op)}
+    ranked = sorted(protocols.variants(op), key=lambda p: (costs[p.name], p.name))
     best_rejected = None
     for candidate in ranked:
+        # Knob-only variants (SPU's own expression under other global settings) change every op of the program,
+        # not just this node: they belong to the best-knob baseline, not to a per-node choice.
         if candidate.family == "direct":
             continue
+        if costs[candidate.name] >= direct_bytes:
+            break  # ranked by cost: nothing further is cheaper than SPU's own expression
         if candidate.knobs and candidate.knobs.conflicts(knobs_in_use):
             continue
         if not candidate.covers(*interval):
@@ -136,8 +144,13 @@ def choose(op: str, shape: tuple, attrs: dict, stats: TensorStats | None, budget
             return Choice(candidate, interval, error, best_rejected)
         if best_rejected is None or error["max"] < best_rejected[1]:
             best_rejected = (candidate.name, error["max"])
-    direct = protocols.direct(op, **({"approximate": attrs.get("approximate", "none")} if op == "gelu" else {}))
-    return Choice(None, interval, measure(direct, op, sample_sets, kwargs), best_rejected)
+    if best_rejected is None:
+        reason = "no protocol is cheaper than SPU's own expression for this shape"
+    else:
+        reason = (f"no protocol cheaper than SPU's own expression meets the error budget {budget:g} on "
+                  f"[{interval[0]:.4g}, {interval[1]:.4g}] (closest: {best_rejected[0]} with max error "
+                  f"{best_rejected[1]:.3g})")
+    return Choice(None, interval, measure(direct, op, sample_sets, kwargs), best_rejected, reason)
 
 
 def error_curve(protocol: protocols.Protocol, op: str, interval, attrs: dict, points: int = 96) -> list[list[float]]:

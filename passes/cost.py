@@ -45,6 +45,8 @@ from typing import Callable
 
 import numpy as np
 import onnx
+
+from compiler.shapes import traced_shapes
 from onnx import numpy_helper
 
 from compiler.interpreter import attribute_dict
@@ -372,27 +374,10 @@ def _infer_shapes(model: onnx.ModelProto) -> tuple[dict[str, tuple[int, ...]], d
         # ONNX shape inference gave up somewhere (e.g. a Slice whose bounds come from Shape arithmetic): trace the
         # compiler's own lowering abstractly, which folds such arithmetic.
         try:
-            shapes.update(_traced_shapes(model))
+            shapes.update(traced_shapes(model))
         except Exception:  # noqa: BLE001 - nodes without a shape are reported as unsupported
             pass
     return shapes, types
-
-
-def _traced_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
-    """Every tensor's shape from an abstract trace (jax.eval_shape) of the compiler's lowering."""
-    from compiler.interpreter import Interpreter
-    from compiler.lowering import lower
-
-    seen: dict[str, tuple[int, ...]] = {}
-
-    class ShapeRecorder(Interpreter):
-        def on_node_done(self, node, inputs, outputs):
-            for name, value in zip(node.output, outputs):
-                if name and value is not None:
-                    seen[name] = tuple(int(d) for d in np.shape(value))
-
-    lower(model, interpreter_cls=ShapeRecorder)
-    return seen
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ class GraphView:
                     self.constants[node.output[0]] = value
         self.order = {id(node): i for i, node in enumerate(self.graph.node)}
         self.shapes = _value_shapes(model)
+        self._traced = False
 
     def node_name(self, node: onnx.NodeProto) -> str:
         return node.name or f"{node.op_type}:{node.output[0]}"
@@ -85,6 +86,14 @@ class GraphView:
         return escaping
 
     def shape(self, name: str) -> tuple[int, ...] | None:
+        if name not in self.shapes and not self._traced and name:
+            # ONNX shape inference left a gap: fill every shape from a trace of the lowering, once.
+            self._traced = True
+            try:
+                from compiler.shapes import traced_shapes
+                self.shapes = {**traced_shapes(self.model), **self.shapes}
+            except Exception:  # a graph the lowering refuses keeps the shapes ONNX inferred
+                pass
         return self.shapes.get(name)
 
 

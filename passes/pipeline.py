@@ -63,12 +63,8 @@ def rewrite(model: onnx.ModelProto, *, public_inputs=frozenset(), calibration: l
             used.append(direct)
             replacements[node.output[0]] = protocols.make_node(direct, node.input, node.output[0], node.name,
                                                          **_op_attrs(op, entry.attrs))
-            best = f" (closest: {choice.best_rejected[0]} with max error {choice.best_rejected[1]:.3g})" \
-                if choice.best_rejected else ""
-            report["declined"].append({
-                "pattern": op, "nodes": entry.original,
-                "reason": f"no protocol meets the error budget {budget:g} on [{choice.interval[0]:.4g}, "
-                          f"{choice.interval[1]:.4g}]{best}; kept SPU's own expression"})
+            report["declined"].append({"pattern": op, "nodes": entry.original,
+                                       "reason": f"{choice.reason}; kept SPU's own expression"})
             continue
         chosen = choice.protocol
         knobs = knobs.merged(chosen.knobs)

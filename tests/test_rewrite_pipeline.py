@@ -34,7 +34,9 @@ def _ort(model, inputs):
 
 
 @pytest.mark.parametrize("name", ["unet2d_attn.ts17", "unet2d_attn.dynamo18", "unet2d_mish.dynamo18",
-                                  "unet2d_gelu.dynamo20", "dit_block.dynamo23"])
+                                  "unet2d_gelu.dynamo20", "dit_block.dynamo23",
+                                  # GEGLU's Split defeats ONNX shape inference here: shapes come from a trace.
+                                  "unet2d_cond.ts17"])
 def test_rewrite_fixture(name):
     model, inputs = _fixture(name)
     public = {"timestep"} & set(inputs)
