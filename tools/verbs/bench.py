@@ -39,7 +39,13 @@ def run(args) -> int:
 
     if args.error_budget is not None and not args.error_budget > 0:
         raise CipherdmError(f"--error-budget must be positive, got {args.error_budget}")
+    from pathlib import Path
+
     problems, inputs, calibration = [], None, None
+    if not Path(args.model).is_file():
+        problems.append(f"model file {args.model} does not exist")
+    if args.repeats < 1:
+        problems.append(f"--repeats must be at least 1, got {args.repeats}")
     for what, path in (("inputs", args.inputs), ("calibration data", args.calibration)):
         if path:
             try:
