@@ -949,15 +949,18 @@ class Progress:
         self.tty = getattr(self.stream, "isatty", lambda: False)()
         self.start = time.perf_counter()
         self.done = 0
-        self.first_done_at: float | None = None
+        self.step_times: list[float] = []
 
     def update(self, done: int, t: int | None = None, step_time: float | None = None) -> None:
+        """``step_time``: the step's own time; the ETA is their mean times the steps left (start-up excluded),
+        or the elapsed time per step done when steps report no time."""
         now = time.perf_counter()
-        if self.done == 0 and done > 0:
-            self.first_done_at = now
+        if step_time is not None:
+            self.step_times += [step_time] * max(1, done - self.done)
         self.done = done
         elapsed = now - self.start
-        rate = elapsed / done if done else None
+        rate = (sum(self.step_times) / len(self.step_times)) if self.step_times else \
+            (elapsed / done if done else None)
         eta = rate * (self.total - done) if rate is not None else None
         filled = int(self.width * done / max(self.total, 1))
         bar = "#" * filled + "." * (self.width - filled)

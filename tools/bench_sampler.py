@@ -1,6 +1,7 @@
 """Quality and cost of secure sampling on the shipped MNIST U-Net: plaintext vs direct SPU vs cipherdm.
 
     python -m tools.bench_sampler                       # DDIM and DDPM, 20 steps, batch 8, local mode
+    python -m tools.bench_sampler --reuse --seeds 0,1,2 --samplers ddim   # 24 DDIM samples (reuses seed 0's run)
     python -m tools.bench_sampler --samplers ddim --mode sim --error-budget 5e-3
     python -m tools.bench_sampler --state-vs-multistep 2   # only the state-in-runtime vs multi-step measurement
 
@@ -82,22 +83,33 @@ def plaintext_cost(program: Path, weights: Path, sampler: str, steps: int, seed:
 
 def run_sample(out: Path, kind: str, program: Path, weights: Path, sampler: str, steps: int, seed: int,
                mode: str, reuse: bool) -> dict:
-    metrics = out / f"{sampler}{steps}_{kind}.{mode}.json"
+    stem = f"{sampler}{steps}_{kind}" + (f"_s{seed}" if seed else "") + f".{mode}"
+    metrics = out / f"{stem}.json"
     if not (reuse and metrics.exists()):
         cli(["sample", str(program), "--weights", str(weights), "--sampler", sampler, "--steps", str(steps),
-             "--seed", str(seed), "--mode", mode, "-o", str(out / f"{sampler}{steps}_{kind}.{mode}.png"),
-             "--metrics", str(metrics)])
+             "--seed", str(seed), "--mode", mode, "-o", str(out / f"{stem}.png"), "--metrics", str(metrics),
+             "--save-samples", str(out / f"{stem}.samples.npz")])
     return json.loads(metrics.read_text())
 
 
-def summarize(m: dict) -> dict:
-    t, q = m["totals"], m["quality"]
-    return {"step_time": t["step_time_mean"], "sample_time": t["step_time_total"],
-            "bytes_per_step": t["bytes_per_step"], "total_bytes": t["total_bytes"],
-            "rounds_per_step": t["rounds_per_step"], "rounds": t["rounds"],
-            "wall_time": t["wall_time"], "build_time": t["step_program_build_time"],
-            "mean_psnr_db": q["mean_psnr_db"], "min_psnr_db": q["min_psnr_db"], "mean_ssim": q.get("mean_ssim"),
-            "agreement": q.get("agreement"), "samples": len(q["psnr_db"])}
+def summarize(runs: list[dict]) -> dict:
+    """Cost per step and per sample (mean over the runs: bytes and rounds are the same in every run), quality
+    over all samples of all runs (one run = one batch, one seed)."""
+    totals = [m["totals"] for m in runs]
+    psnr = [v for m in runs for v in m["quality"]["psnr_db"]]
+    finite = [v for v in psnr if not isinstance(v, str)]
+    ssim = [v for m in runs for v in (m["quality"].get("ssim") or [])]
+    agree = [a == b for m in runs for a, b in zip(m["quality"].get("labels_a") or [],
+                                                  m["quality"].get("labels_b") or [])]
+    mean = lambda key: float(np.mean([t[key] for t in totals]))  # noqa: E731
+    return {"step_time": mean("step_time_mean"), "sample_time": mean("step_time_total"),
+            "bytes_per_step": mean("bytes_per_step"), "total_bytes": mean("total_bytes"),
+            "rounds_per_step": mean("rounds_per_step"), "rounds": mean("rounds"),
+            "wall_time": mean("wall_time"), "build_time": mean("step_program_build_time"),
+            "mean_psnr_db": float(np.mean(finite)) if len(finite) == len(psnr) else "inf",
+            "min_psnr_db": float(np.min(finite)), "mean_ssim": float(np.mean(ssim)) if ssim else None,
+            "agreement": float(np.mean(agree)) if agree else None, "agree": int(sum(agree)),
+            "samples": len(psnr), "seeds": [m["seed"] for m in runs]}
 
 
 def render(results: dict, mode: str) -> str:
@@ -105,7 +117,8 @@ def render(results: dict, mode: str) -> str:
     for sampler, rows in results["samplers"].items():
         p, d, c = rows["plaintext"], rows["direct"], rows["cipherdm"]
         steps = results["steps"]
-        lines += [f"### {sampler.upper()}, {steps} steps, batch {results['batch']} ({mode} mode)", "",
+        lines += [f"### {sampler.upper()}, {steps} steps, batch {results['batch']}, {c['samples']} samples (seeds "
+                  f"{', '.join(map(str, c['seeds']))}; {mode} mode)", "",
                   "| | s / step | MiB / step | rounds / step | s / sample | GiB / sample | rounds / sample | "
                   "PSNR mean (min) dB | SSIM | classifier agreement |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
@@ -114,8 +127,8 @@ def render(results: dict, mode: str) -> str:
         for name, r in (("direct SPU", d), ("cipherdm", c)):
             lines.append(f"| {name} | {r['step_time']:.1f} | {r['bytes_per_step'] / MiB:.0f} | "
                          f"{r['rounds_per_step']:.0f} | {r['sample_time']:.0f} | {r['total_bytes'] / MiB / 1024:.1f} | "
-                         f"{r['rounds']} | {_db(r['mean_psnr_db'])} ({_db(r['min_psnr_db'])}) | "
-                         f"{r['mean_ssim']:.3f} | {_pct(r['agreement'])} |")
+                         f"{r['rounds']:.0f} | {_db(r['mean_psnr_db'])} ({_db(r['min_psnr_db'])}) | "
+                         f"{r['mean_ssim']:.3f} | {_pct(r['agreement'])} ({r['agree']}/{r['samples']}) |")
         lines.append(f"| direct / cipherdm | {d['step_time'] / c['step_time']:.2f}x | "
                      f"{d['bytes_per_step'] / c['bytes_per_step']:.2f}x | "
                      f"{d['rounds_per_step'] / c['rounds_per_step']:.2f}x | {d['sample_time'] / c['sample_time']:.2f}x |"
@@ -271,7 +284,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "out" / "bench_sampler")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--samplers", default="ddim,ddpm")
-    parser.add_argument("--seed", type=int, default=0, help="evaluation seed (x_T and noise)")
+    parser.add_argument("--seeds", default="0", help="evaluation seeds, one batch each (x_T and noise), e.g. 0,1,2")
     parser.add_argument("--calibration-seed", type=int, default=1000, help="seed of the calibration trajectory")
     parser.add_argument("--calibration-steps", type=int, default=20)
     parser.add_argument("--error-budget", type=float, help="cipherdm's per-node error budget (default: passes')")
@@ -289,12 +302,14 @@ def main(argv=None) -> int:
 
     if args.state_vs_multistep and args.paired:
         program, weights = programs[args.multistep_program]
-        result = paired_state_vs_multistep(out, program, weights, args.state_vs_multistep, args.seed, args.paired)
+        result = paired_state_vs_multistep(out, program, weights, args.state_vs_multistep, int(args.seeds.split(",")[0]),
+                                           args.paired)
         print(json.dumps({k: result[k] for k in ("mean", "times", "build_time", "max_abs_diff_vs_state")}))
         return 0
     if args.state_vs_multistep:
         program, weights = programs[args.multistep_program]
-        result = state_vs_multistep(out, program, weights, args.state_vs_multistep, args.seed, args.mode)
+        result = state_vs_multistep(out, program, weights, args.state_vs_multistep, int(args.seeds.split(",")[0]),
+                                    args.mode)
         text = render_state(result)
         (out / f"state_vs_multistep_k{args.state_vs_multistep}.{args.mode}.md").write_text(text + "\n")
         print(text)
@@ -303,14 +318,15 @@ def main(argv=None) -> int:
     from compiler.artifact import read_artifact
     from runtime.secure_sampler import unet_signature
     batch = unet_signature(read_artifact(programs["cipherdm"][0])).batch
-    results = {"model": str(args.model), "steps": args.steps, "batch": batch, "seed": args.seed, "mode": args.mode,
+    seeds = [int(v) for v in args.seeds.split(",")]
+    results = {"model": str(args.model), "steps": args.steps, "batch": batch, "seeds": seeds, "mode": args.mode,
                "error_budget": args.error_budget, "samplers": {}}
     start = time.perf_counter()
     for sampler in [s.strip() for s in args.samplers.split(",") if s.strip()]:
-        rows = {"plaintext": plaintext_cost(*programs["direct"], sampler, args.steps, args.seed)}
+        rows = {"plaintext": plaintext_cost(*programs["direct"], sampler, args.steps, seeds[0])}
         for kind in ("cipherdm", "direct"):
-            rows[kind] = summarize(run_sample(out, kind, *programs[kind], sampler, args.steps, args.seed, args.mode,
-                                              args.reuse))
+            rows[kind] = summarize([run_sample(out, kind, *programs[kind], sampler, args.steps, seed, args.mode,
+                                               args.reuse) for seed in seeds])
         results["samplers"][sampler] = rows
         (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     results["bench_wall_time"] = time.perf_counter() - start

@@ -22,7 +22,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "models" / "mnist" / "mnist_unet.onnx"
-DEMO_STEPS = 8
+DEMO_STEPS = 6
 DEMO_SEED = 0
 CALIBRATION_SEED = 1000
 CALIBRATION_STEPS = 20

@@ -41,6 +41,9 @@ def add_arguments(parser) -> None:
                              "samples (.npz or .png)")
     parser.add_argument("--metrics", help="write per-step time, 3-party bytes and rounds, totals and quality as JSON")
     parser.add_argument("--work-dir", help="local mode: keep parties.json, the step program and every party's logs")
+    parser.add_argument("--save-samples", metavar="SAMPLES.npz",
+                        help="also write the samples in model space: secure (x0), plaintext twin (x0_plaintext), "
+                             "labels")
     party = parser.add_argument_group("party mode")
     party.add_argument("--rank", type=int, choices=(0, 1, 2), help="this party's rank")
     party.add_argument("--parties", metavar="PARTIES.json", help="addresses and roles (see cipherdm party)")
@@ -92,7 +95,7 @@ def _prepare(args):
         problems.append(f"weights file {args.weights} does not exist")
     if not args.output:
         problems.append("-o/--output is missing: the PNG grid to write")
-    for flag, path in (("-o", args.output), ("--metrics", args.metrics)):
+    for flag, path in (("-o", args.output), ("--metrics", args.metrics), ("--save-samples", args.save_samples)):
         if path and not Path(path).resolve().parent.exists():
             problems.append(f"{flag} {path}: folder {Path(path).parent} does not exist")
     program_batch = None
@@ -124,6 +127,8 @@ def _prepare(args):
 
 
 def _sample(args) -> int:
+    import numpy as np
+
     from runtime import secure_sampler as ss
     from runtime.quality import write_grid
     from runtime.sampler import to_unit
@@ -218,6 +223,10 @@ def _sample(args) -> int:
     if args.metrics:
         from runtime.metrics import write_metrics
         write_metrics(args.metrics, metrics)
+    if args.save_samples:
+        from compiler.artifact import save_npz
+        save_npz(args.save_samples, {"x0": image, "x0_plaintext": plain,
+                                     "labels": np.asarray(labels if labels is not None else [], np.int64)})
     print(render_summary(metrics))
     return 0
 
