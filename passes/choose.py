@@ -139,6 +139,12 @@ def choose(op: str, shape: tuple, attrs: dict, stats: TensorStats | None, budget
             continue
         if not candidate.covers(*interval):
             continue
+        if candidate.family == "softmax_shift":
+            if stats is None:
+                continue  # its shift U is a bound on the rows' max - mean: without calibration there is none
+            candidate = op_module(op).specialize(candidate, stats.cases, attrs.get("axis", -1))
+            if candidate is None:
+                continue  # the rows' max - mean is too large for a shift without the max
         error = measure(candidate, op, sample_sets, kwargs)
         if error["max"] <= budget:
             return Choice(candidate, interval, error, best_rejected)

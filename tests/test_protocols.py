@@ -169,6 +169,42 @@ def test_softmax_is_a_distribution_within_its_error(p):
     np.testing.assert_allclose(p.numpy_fn(xt, axis=0), np.swapaxes(p.numpy_fn(x[:16], axis=-1), 0, 1))
 
 
+def test_shift_softmax_is_specialised_to_the_calibrated_rows():
+    rng = np.random.default_rng(3)
+    rows = rng.normal(0.0, 1.0, (96, 128)) * rng.uniform(0.3, 1.0, (96, 1))
+    mod = op_module("softmax")
+    template = get("softmax.shiftlo.u4.sq.l12.k2.d3")
+    node = mod.specialize(template, [rows], -1)
+    excess = float((rows.max(-1) - rows.mean(-1)).max())
+    spread = float((rows.max(-1) - rows.min(-1)).max())
+    assert excess <= node.params["upper"] <= excess + 0.1 * spread + mod.UPPER_STEP
+    assert node.name.startswith(template.name + "@u") and node.params["exp"] == template.params["exp"]
+    assert node.measured is not None and node.measured == template.measured
+    # rows whose max - mean needs a U the shift cannot take (the row sum could vanish below exp's clip): refused
+    assert mod.specialize(template, [rows * 3], -1) is None
+    assert mod.max_upper(template) <= -template.params["exp"]["lower"] - 2
+    # a node carries its specialised parameters: the compiler rebuilds it from the attributes alone
+    attrs = node.to_onnx_attributes()
+    again = from_onnx_attributes({**attrs, "params": attrs["params"]}, op="softmax")
+    np.testing.assert_allclose(again.numpy_fn(rows, axis=-1), node.numpy_fn(rows, axis=-1))
+    # max variants are left alone
+    assert mod.specialize(get("softmax.max.sq.l12.k2.d3"), [rows], -1).name == "softmax.max.sq.l12.k2.d3"
+
+
+def test_low_clip_softmax_stays_a_distribution_within_its_headroom():
+    for p in [q for q in BY_FAMILY["softmax_shift"] if q.params.get("clip") == "low"]:
+        headroom = p.fit["headroom"]
+        assert headroom >= 16
+        row = np.zeros((1, 64))
+        row[0, 0] = p.params["upper"] + headroom   # max - mean just under U + headroom
+        y = p.numpy_fn(row, axis=-1)
+        assert np.all(y >= 0) and abs(y.sum() - 1) < 1e-9 and y[0, 0] == y.max()
+        # what the fit promises: LOW_CLIP_ROW elements at the headroom still sum inside SPU's FM64 range
+        exp = base.Protocol("exp", "exp", "exp_square", p.params["exp"])
+        peak = float(exp.numpy_fn(np.array([headroom]))[0])
+        assert peak * op_module("softmax").LOW_CLIP_ROW < 2.0 ** 44
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # reciprocal, rsqrt, norms
 

@@ -225,8 +225,9 @@ class Protocol:
         ~2^16 inputs spread over its interval), or None. The numpy emulation does not model fixed-point
         rounding: where ``spu_max_error`` is much larger than the emulated error, trust the former."""
         from runtime.protocols.cost_model import load_table
+        name = self.name.split("@")[0]   # a variant specialised to a node (softmax's U) is measured as its base
         for m in load_table().data.get("measurements", []):
-            if m["protocol"] == self.name:
+            if m["protocol"] == name:
                 return m
         return None
 

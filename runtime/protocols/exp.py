@@ -40,6 +40,8 @@ FIT_SPECS = [
     {"lower": -16, "squarings": 3, "degree": 3},
     {"lower": -16, "squarings": 2, "degree": 4},
     {"lower": -16, "squarings": 3, "degree": 4},
+    {"lower": -8, "squarings": 2, "degree": 2},
+    {"lower": -8, "squarings": 2, "degree": 3},
     {"taylor": 6},
     {"taylor": 8},
 ]

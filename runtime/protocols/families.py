@@ -12,7 +12,8 @@
   q(L / 2^k) = 0, set to 0 below L, then squared k times: never negative, exactly 1 at 0, exactly 0 below L.
 * ``softmax_max``: max-subtract, exp_square, one SPU reciprocal per row, one multiply per element.
 * ``softmax_shift``: no max tree (88 rounds for a row of 256): subtract the row mean plus a calibrated bound U
-  on max - mean, exp_square clipped to [L, 0] at both ends (saturating at 1), reciprocal per row, multiply.
+  on max - mean, exp_square clipped to [L, 0] at both ends (saturating at 1) or, with ``clip`` "low", only
+  below L (one comparison per element instead of two), reciprocal per row, multiply.
 * ``newton_reciprocal`` / ``newton_rsqrt``: clamp to the calibrated interval [a, b] (the asymptote beyond),
   split it geometrically into m segments (one batched comparison), scale x into [1/r, 1] by its segment's top
   edge (a select of public constants), a polynomial initial guess fitted (minimax relative error) on
@@ -85,11 +86,14 @@ def exp_square_eval(bk, p, x, saturate: bool = False):
     """exp(x) for x in [L, 0]: 0 below L; with ``saturate`` also 1 above 0 (both clips from one comparison)."""
     squarings = int(p["squarings"])
     coeffs = p["coeffs"]
-    y = bk.scale(x, 2.0 ** -squarings)
+    step = 2.0 ** -squarings
     if len(coeffs) == 2 and float(coeffs[1]) == 1.0:
-        q = bk.add_const(y, float(coeffs[0]))        # 1 + y: no dot needed
+        q = bk.add_const(bk.scale(x, step), float(coeffs[0]))   # 1 + x/2^k: one truncation, no dot
     else:
-        q = bk.poly(bk.powers(y, len(coeffs) - 1), coeffs)
+        # q(x / 2^k) with 2^-k folded into the coefficients: the powers of x itself and one dot, so the scaling
+        # costs no truncation of its own (the powers stay far from overflow: x is clipped at L anyway).
+        folded = [float(c) * step ** i for i, c in enumerate(coeffs)]
+        q = bk.poly(bk.powers(x, len(coeffs) - 1), folded)
     if saturate:
         above_low, above_zero = bk.compare_many([(x, ">", float(p["lower"])), (x, ">", 0.0)])
         inside = bk.bit_xor(above_low, above_zero)
@@ -123,7 +127,10 @@ def softmax_shift(bk, protocol, inputs, axis=-1, **kw):
     x = inputs[0]
     upper = float(protocol.params["upper"])
     shifted = bk.add_const(bk.sub(x, bk.mean(x, axis)), -upper)
-    e = exp_square_eval(bk, protocol.params["exp"], shifted, saturate=True)
+    # clip "low": only exp's lower clip; a row whose max - mean exceeds U gets exp's polynomial extrapolated
+    # above 0 (positive and increasing, so still a distribution) instead of a second comparison per element.
+    saturate = protocol.params.get("clip", "both") == "both"
+    e = exp_square_eval(bk, protocol.params["exp"], shifted, saturate=saturate)
     total = bk.reduce_sum(e, axis)
     return bk.mul(e, bk.native("reciprocal", total))
 

@@ -17,6 +17,7 @@ wraps around for x - max < -2^(n+1) (``sane``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -52,11 +53,27 @@ def samples(interval, n):
 
 # exp variants the softmax variants use (names from exp.json)
 EXP_CHOICES = ("exp.sq.l16.k2.d2", "exp.sq.l12.k3.d2", "exp.sq.l12.k2.d3", "exp.sq.l16.k3.d3", "exp.sq.l16.k3.d4")
+LOW_CLIP_EXPS = ("exp.sq.l8.k2.d2", "exp.sq.l8.k2.d3", "exp.sq.l12.k2.d3", "exp.sq.l16.k3.d3")
 FIT_SPECS = [{"exp": name} for name in EXP_CHOICES] + [
     {"exp": "exp.sq.l16.k3.d3", "upper": 4.0},
     {"exp": "exp.sq.l16.k3.d3", "upper": 8.0},
     {"exp": "exp.sq.l12.k2.d3", "upper": 4.0},
-]
+] + [{"exp": name, "upper": 4.0, "clip": "low"} for name in LOW_CLIP_EXPS]
+# U is rounded up to this step when a shift variant is specialised to a node's calibrated rows
+UPPER_STEP = 0.25
+MAX_UPPER = 5.5
+# A low-clip variant's row sum must stay below 2^44 (FM64 with 18 fraction bits holds 2^45) for rows of up to
+# this many elements, also where U was too small and exp's polynomial is extrapolated above 0.
+LOW_CLIP_ROW = 4096
+
+
+def low_clip_headroom(exp) -> float:
+    """How far above 0 the shifted argument may go (a row's max - mean beyond U) before a row of LOW_CLIP_ROW
+    such values overflows SPU's fixed-point range: recorded in the fit, documented in the report."""
+    grid = np.arange(0.0, 200.0, 0.5)
+    values = exp.numpy_fn(grid)
+    ok = grid[(values * LOW_CLIP_ROW < 2.0 ** 44) & (np.diff(values, prepend=0.0) >= 0)]
+    return float(ok.max())
 
 
 def spread_samples(upper: float, rows: int = 512):
@@ -70,7 +87,7 @@ def spread_samples(upper: float, rows: int = 512):
 def build(spec: dict) -> dict:
     exp = {p.name: p for p in load_fitted("exp")}[spec["exp"]]
     if "upper" in spec:
-        return build_shift(exp, float(spec["upper"]))
+        return build_shift(exp, float(spec["upper"]), spec.get("clip", "both"))
     params = {"exp": dict(exp.params), "interval": list(exp.interval)}
     name = "softmax.max." + spec["exp"].replace("exp.", "")
     proto = Protocol(name, OP, "softmax_max", params, interval=tuple(exp.interval),
@@ -82,19 +99,58 @@ def build(spec: dict) -> dict:
                                        "rows": "64 logits per row, uniform in the interval"}}
 
 
-def build_shift(exp, upper: float) -> dict:
+def build_shift(exp, upper: float, clip: str = "both") -> dict:
     params = {"upper": upper, "exp": dict(exp.params), "interval": list(exp.interval)}
-    name = f"softmax.shift.u{upper:g}." + exp.name.replace("exp.", "")
+    if clip == "low":
+        params["clip"] = "low"
+        name = f"softmax.shiftlo.u{upper:g}." + exp.name.replace("exp.", "")
+        how = (f"clipped below L only (rows with max - mean above U extrapolate exp's polynomial: positive, "
+               f"increasing, within SPU's range up to {low_clip_headroom(exp):g} above U)")
+    else:
+        name = f"softmax.shift.u{upper:g}." + exp.name.replace("exp.", "")
+        how = "clipped to [L, 0] at both ends"
     proto = Protocol(name, OP, "softmax_shift", params, interval=tuple(exp.interval),
-                     description=f"no max: x - mean - {upper:g} through {exp.name} clipped to [L, 0] at both "
-                                 "ends, reciprocal per row, multiply; for rows with max - mean <= "
-                                 f"{upper:g} (calibrated)")
+                     description=f"no max: x - mean - U through {exp.name} {how}, reciprocal per row, multiply; "
+                                 f"U = {upper:g} here, set per node to the calibrated bound on max - mean")
     err = proto.error(*spread_samples(upper))
     wide = proto.error(*samples((4 * exp.interval[0], 0.0), 1 << 14))
-    return {**proto.to_json(), "fit": {
-        "max_error": act._r1(err["max"]), "mean_error": act._r1(err["mean"]),
-        "max_error_wide_rows": act._r1(wide["max"]),
-        "rows": f"64 logits per row, max - mean uniform in (0.05, 0.98) x {upper:g}"}}
+    fit = {"max_error": act._r1(err["max"]), "mean_error": act._r1(err["mean"]),
+           "max_error_wide_rows": act._r1(wide["max"]),
+           "rows": f"64 logits per row, max - mean uniform in (0.05, 0.98) x {upper:g}"}
+    if clip == "low":
+        fit["headroom"] = low_clip_headroom(exp)
+    return {**proto.to_json(), "fit": fit}
+
+
+def calibrated_upper(cases, axis: int) -> float:
+    """The bound U a shift variant needs on these rows: max(max - mean) over every row, plus the chooser's margin
+    (MARGIN of the row spread), rounded up to UPPER_STEP."""
+    from passes.choose import MARGIN
+    worst = 0.0
+    for x in cases:
+        x = np.asarray(x, np.float64)
+        excess = np.max(x, axis=axis) - np.mean(x, axis=axis)
+        spread = np.max(x, axis=axis) - np.min(x, axis=axis)
+        worst = max(worst, float(np.max(excess + MARGIN * spread)))
+    return max(UPPER_STEP, math.ceil(worst / UPPER_STEP) * UPPER_STEP)
+
+
+def max_upper(protocol) -> float:
+    """The largest U a shift variant takes: the row maximum's exp, at least exp(-U), must stay above exp's lower
+    clip L (else a row could sum to 0) and keep ~0.1% relative precision in 18 fraction bits (e^-5.5 ~ 1000 ulp)."""
+    return min(-float(protocol.params["exp"]["lower"]) - 2.0, MAX_UPPER)
+
+
+def specialize(protocol, cases, axis: int):
+    """A shift variant with U set from the node's calibrated rows (the coefficients do not depend on U; the name
+    keeps the variant's, so its SPU measurements still apply); None when the rows need a U beyond max_upper."""
+    if protocol.family != "softmax_shift" or not cases:
+        return protocol
+    upper = calibrated_upper(cases, axis)
+    if upper > max_upper(protocol):
+        return None
+    base = protocol.name.split("@")[0]
+    return dataclasses.replace(protocol, name=f"{base}@u{upper:g}", params={**protocol.params, "upper": upper})
 
 
 def direct_expression(bk, protocol, inputs, axis=-1, **kw):
