@@ -77,21 +77,25 @@ class RewriteResult:
 
 def rewrite_for_mpc(model: onnx.ModelProto, config: SecureConfig, mode: str = "cipherdm",
                     public: tuple[str, ...] = (), calibration: list[dict] | None = None,
-                    budget: float | None = None, calibration_source: str | None = None) -> RewriteResult:
+                    budget: float | None = None, calibration_source: str | None = None,
+                    model_error: float | None = None) -> RewriteResult:
     """Run the MPC rewrite passes (``passes.pipeline``) and fold the SPU knobs they need into the config.
 
     ``mode == "direct"`` compiles the graph as it is, the baseline every rewrite is measured against; its report
     lists what the passes would have rewritten. ``public`` names the inputs every party knows; ``calibration``
-    (input dicts, one per case) and ``budget`` (max abs error per node) drive the per-node protocol choice.
+    (input dicts, one per case) and ``budget`` (max abs error per node) drive the per-node protocol choice;
+    ``model_error`` (max abs output error / output std on the calibration cases, 0 = no check) bounds the whole
+    model's float error by tightening the budgets where needed (passes/model_check.py).
     """
-    from passes.pipeline import DEFAULT_BUDGET, direct_report, rewrite
+    from passes.pipeline import DEFAULT_BUDGET, DEFAULT_MODEL_ERROR, direct_report, rewrite
 
     if mode not in REWRITE_MODES:
         raise CompileError(f"unknown rewrite mode '{mode}'", [f"choose one of {', '.join(REWRITE_MODES)}"])
     if mode == "direct":
         return RewriteResult(model, direct_report(model, set(public)), config)
     result = rewrite(model, public_inputs=set(public), calibration=calibration,
-                     budget=DEFAULT_BUDGET if budget is None else budget, calibration_source=calibration_source)
+                     budget=DEFAULT_BUDGET if budget is None else budget, calibration_source=calibration_source,
+                     model_error=DEFAULT_MODEL_ERROR if model_error is None else model_error)
     if result.knobs.runtime:
         config = config.with_runtime(**result.knobs.runtime)
     if result.knobs.compiler:
@@ -187,7 +191,7 @@ def strip_weights(model: onnx.ModelProto, keep: frozenset[str] | set[str] = froz
 def compile_model(model: onnx.ModelProto | str, *, input_shapes=None, public=(), rewrites: str = "cipherdm",
                   config: SecureConfig | None = None, name: str | None = None,
                   calibration: dict[str, np.ndarray] | None = None, budget: float | None = None,
-                  calibration_source: str | None = None) -> CompiledProgram:
+                  calibration_source: str | None = None, model_error: float | None = None) -> CompiledProgram:
     """Load (a path or a ModelProto, with compiler.load_model), rewrite, lower and compile.
 
     ``public`` names the inputs every party knows; ``rewrites`` is "direct" (no MPC rewrites) or "cipherdm".
@@ -209,7 +213,8 @@ def compile_model(model: onnx.ModelProto | str, *, input_shapes=None, public=(),
         from compiler.lowering import spec_of
         from passes.calibrate import split_cases
         cases = split_cases(calibration, [spec_of(vi) for vi in graph_inputs(prepared)])
-    rewritten = rewrite_for_mpc(prepared, config, rewrites, tuple(public), cases, budget, calibration_source)
+    rewritten = rewrite_for_mpc(prepared, config, rewrites, tuple(public), cases, budget, calibration_source,
+                                model_error)
     config = rewritten.config
     timings["rewrite"] = time.perf_counter() - start - timings["load"]
 

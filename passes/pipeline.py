@@ -18,7 +18,9 @@ from passes.canonicalize import canonicalize
 from passes.choose import choose, error_curve
 from passes.cost import estimate_model
 from passes.expand_attention import EXPANDED_FROM, expand_attention
+from passes import model_check
 from passes.graph_view import GraphView
+from passes.model_check import DEFAULT_MODEL_ERROR
 from passes.report import add_totals, empty_report
 
 DEFAULT_BUDGET = 1e-2
@@ -32,70 +34,144 @@ class PassResult:
 
 
 def rewrite(model: onnx.ModelProto, *, public_inputs=frozenset(), calibration: list[dict] | None = None,
-            budget: float = DEFAULT_BUDGET, calibration_source: str | None = None) -> PassResult:
+            budget: float = DEFAULT_BUDGET, calibration_source: str | None = None,
+            model_error: float | None = DEFAULT_MODEL_ERROR) -> PassResult:
     """Rewrite every expensive nonlinear subgraph of ``model`` into the cheapest protocol within ``budget``.
 
-    ``calibration`` is a list of input dicts (one per case); without it conservative ranges are used.
+    ``calibration`` is a list of input dicts (one per case); without it conservative ranges are used. With it and
+    ``model_error`` (max abs output error / output std), the rewritten graph is checked against the float model
+    on the calibration cases and the budgets of the op classes that cause too large an error are tightened
+    (passes/model_check.py).
     """
     original = model
     model, attention_declined = expand_attention(_at_least_opset_18(model))
     expanded_from = {n.name: m.value for n in model.graph.node for m in n.metadata_props if m.key == EXPANDED_FROM}
     canon = canonicalize(model, set(public_inputs))
-    report = empty_report("cipherdm")
-    report["budget"] = budget
-    report["declined"] = [d.to_json() for d in attention_declined + canon.declined]
     watched = [c.node.input[0] for c in canon.canonical]
     stats: dict[str, TensorStats] = calibrate(model, watched, calibration) if calibration else {}
+    budgets = {op: budget for op in dict.fromkeys(c.pattern for c in canon.canonical)}
+    attempts: list[model_check.Attempt] = []
+    checking = bool(calibration) and bool(model_error) and bool(budgets)
+    if checking:
+        cases = model_check.pick_cases(calibration)
+        reference = model_check.run(original, cases)
+    while True:
+        chosen = _choose_all(canon, stats, budgets, expanded_from)
+        if not checking:
+            break
+        error = model_check.relative_error(model_check.run(chosen.model, cases), reference)
+        attempt = model_check.Attempt(dict(budgets), error, {})
+        attempts.append(attempt)
+        if error <= model_error or len(attempts) >= model_check.MAX_ATTEMPTS:
+            break
+        attempt.by_op = {op: model_check.relative_error(model_check.run(chosen.only(op), cases), reference)
+                         for op in budgets}
+        chosen_error: dict[str, float] = {}
+        for r in chosen.rewrites:
+            chosen_error[r["op"]] = max(chosen_error.get(r["op"], 0.0), r["error_max"])
+        budgets = model_check.tightened(budgets, attempt.by_op, model_error, chosen_error)
+    report = empty_report("cipherdm")
+    report["budget"] = budget
+    report["budgets"] = budgets
+    report["model_check"] = _model_check_note(attempts, model_error, calibration, checking,
+                                              len(cases) if checking else 0)
+    report["declined"] = [d.to_json() for d in attention_declined + canon.declined] + chosen.declined
+    report["rewrites"] = chosen.rewrites
     report["calibration"] = _calibration_note(calibration, calibration_source)
+    report["knobs"] = chosen.knobs.to_json()
+    add_totals(report)
+    out = chosen.model
+    # Whole-model estimates (passes/cost.py): the model as given under SPU's defaults, and the rewritten one.
+    report["model_estimate"] = {
+        mode: {key: est["totals"][key] for key in ("bytes", "rounds")}
+        for mode, est in (("direct", estimate_model(original, set(public_inputs), {})),
+                          ("rewritten", estimate_model(out, set(public_inputs), chosen.knobs.to_json())))}
+    onnx.checker.check_model(out)
+    return PassResult(out, report, chosen.knobs)
+
+
+@dataclass
+class _Chosen:
+    model: onnx.ModelProto
+    rewrites: list[dict]
+    declined: list[dict]
+    knobs: protocols.SpuKnobs
+    base: onnx.ModelProto                       # the canonical model
+    replacements: dict[str, onnx.NodeProto]     # by output name (protobuf copies nodes)
+    plain: dict[str, onnx.NodeProto]            # the same nodes as SPU's own expression
+    op_of: dict[str, str]
+    used: list[protocols.Protocol]
+    plain_used: list[protocols.Protocol]
+
+    def only(self, op: str) -> onnx.ModelProto:
+        """The model with only ``op``'s nodes rewritten (the rest as their plain expressions)."""
+        mixed = {k: (v if self.op_of[k] == op else self.plain[k]) for k, v in self.replacements.items()}
+        out = _replace_nodes(self.base, mixed)
+        protocols.add_functions(out, self.used + self.plain_used)
+        return out
+
+
+def _choose_all(canon, stats: dict[str, TensorStats], budgets: dict[str, float], expanded_from: dict) -> _Chosen:
     view = GraphView(canon.model)
     knobs = protocols.SpuKnobs()
     used: list[protocols.Protocol] = []
-    replacements: dict[str, onnx.NodeProto] = {}  # by output name: protobuf copies nodes
+    plain_used: list[protocols.Protocol] = []
+    rewrites, declined = [], []
+    replacements, plain, op_of = {}, {}, {}
     for entry in canon.canonical:
         node, op = entry.node, entry.pattern
         shape = view.shape(node.input[0])
         extra = [_value(view, name) for name in node.input[1:]]
-        choice = choose(op, shape, entry.attrs, stats.get(node.input[0]), budget, extra, knobs)
+        choice = choose(op, shape, entry.attrs, stats.get(node.input[0]), budgets[op], extra, knobs)
         direct = protocols.direct(op, **_gelu_kw(op, entry.attrs))
         cost_kw = {k: entry.attrs[k] for k in ("num_groups", "axis") if k in entry.attrs}
         before = direct.cost(shape, **cost_kw)
+        plain_used.append(direct)
+        op_of[node.output[0]] = op
+        plain[node.output[0]] = protocols.make_node(direct, node.input, node.output[0], node.name,
+                                                    **_op_attrs(op, entry.attrs))
         if choice.protocol is None:
             used.append(direct)
-            replacements[node.output[0]] = protocols.make_node(direct, node.input, node.output[0], node.name,
-                                                         **_op_attrs(op, entry.attrs))
-            report["declined"].append({"pattern": op, "nodes": entry.original,
-                                       "reason": f"{choice.reason}; kept SPU's own expression"})
+            replacements[node.output[0]] = plain[node.output[0]]
+            declined.append({"pattern": op, "nodes": entry.original,
+                             "reason": f"{choice.reason}; kept SPU's own expression"})
             continue
         chosen = choice.protocol
         knobs = knobs.merged(chosen.knobs)
         used.append(chosen)
         replacements[node.output[0]] = protocols.make_node(chosen, node.input, node.output[0], node.name,
-                                                     **_op_attrs(op, entry.attrs))
+                                                           **_op_attrs(op, entry.attrs))
         after = chosen.cost(shape, **cost_kw)
         # A softmax that came out of an Attention op is reported as that attention.
         origin = [expanded_from[n] for n in entry.original if n in expanded_from]
-        report["rewrites"].append({
+        rewrites.append({
             "pattern": "attention" if origin else op, "op": op, "node": node.name,
             "nodes": origin or entry.original, "ops": ["Attention"] if origin else entry.original_ops,
             "protocol": chosen.name, "family": chosen.family, "params": chosen.params,
             "spu_knobs": chosen.knobs.to_json(), "shape": list(shape), "elements": int(np.prod(shape)),
             "interval": [float(v) for v in choice.interval], "calibrated": node.input[0] in stats,
-            "error_max": choice.error["max"], "error_mean": choice.error["mean"],
+            "budget": budgets[op], "error_max": choice.error["max"], "error_mean": choice.error["mean"],
             "est_bytes_before": float(before.bytes), "est_bytes_after": float(after.bytes),
             "est_rounds_before": float(before.rounds), "est_rounds_after": float(after.rounds),
             "curve": error_curve(chosen, op, choice.interval, entry.attrs),
         })
     out = _replace_nodes(canon.model, replacements)
     protocols.add_functions(out, used)
-    report["knobs"] = knobs.to_json()
-    add_totals(report)
-    # Whole-model estimates (passes/cost.py): the model as given under SPU's defaults, and the rewritten one.
-    report["model_estimate"] = {
-        mode: {key: est["totals"][key] for key in ("bytes", "rounds")}
-        for mode, est in (("direct", estimate_model(original, set(public_inputs), {})),
-                          ("rewritten", estimate_model(out, set(public_inputs), knobs.to_json())))}
-    onnx.checker.check_model(out)
-    return PassResult(out, report, knobs)
+    return _Chosen(out, rewrites, declined, knobs, canon.model, replacements, plain, op_of, used, plain_used)
+
+
+def _model_check_note(attempts, target, calibration, checking, cases: int) -> dict:
+    if not checking:
+        why = ("no calibration data" if not calibration else
+               "turned off (--model-error 0)" if not target else "nothing to rewrite")
+        return {"target": target, "checked": False, "note": f"whole-model check not run: {why}"}
+    last = attempts[-1]
+    met = last.error <= target
+    return {"target": target, "checked": True, "error": last.error, "met": met, "cases": cases,
+            "attempts": [a.to_json() for a in attempts],
+            "note": (f"float error of the rewritten graph vs the float model on the calibration cases: "
+                     f"{last.error:.3g} x output std (target {target:g}) after {len(attempts)} attempt(s)"
+                     + ("" if met else "; target NOT met: lower --error-budget or raise --model-error"))}
 
 
 def direct_report(model: onnx.ModelProto, public_inputs=frozenset()) -> dict:

@@ -39,7 +39,20 @@ def render_markdown(report: dict) -> str:
     if calib:
         out += [f"Calibration: {calib.get('note', '')}", ""]
     if report.get("budget") is not None:
-        out += [f"Error budget per node: {report['budget']:g}", ""]
+        budgets = report.get("budgets") or {}
+        tightened = {op: b for op, b in budgets.items() if b != report["budget"]}
+        out += [f"Error budget per node: {report['budget']:g}"
+                + ("".join(f"; {op} tightened to {b:.3g}" for op, b in tightened.items())), ""]
+    check = report.get("model_check") or {}
+    if check:
+        out += [f"Whole-model check: {check.get('note', '')}", ""]
+        if check.get("attempts"):
+            out += ["| attempt | budgets | model error / std | error with one op class rewritten |", "|---|---|---|---|"]
+            for i, a in enumerate(check["attempts"], 1):
+                budgets = ", ".join(f"{op} {b:.3g}" for op, b in a["budgets"].items())
+                by_op = ", ".join(f"{op} {e:.3g}" for op, e in a["by_op"].items()) or "-"
+                out.append(f"| {i} | {budgets} | {a['error']:.3g} | {by_op} |")
+            out.append("")
     if t:
         saved = t["est_bytes_before"] / t["est_bytes_after"] if t.get("est_bytes_after") else float("inf")
         out += [f"{t['rewritten']} nodes rewritten, {t['declined']} declined. Estimated nonlinear-op traffic "

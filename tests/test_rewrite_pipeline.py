@@ -76,9 +76,37 @@ def test_without_calibration_the_report_says_conservative():
     assert result.report["calibration"]["conservative"] is True
     assert "conservative" in result.report["calibration"]["note"]
     assert all(not r["calibrated"] for r in result.report["rewrites"])
-    # Conservative ranges are wider, so protocols cost at least as much as with calibration.
-    calibrated = rewrite(model, public_inputs={"timestep"}, calibration=[inputs])
+    assert result.report["model_check"]["checked"] is False
+    assert "no calibration data" in result.report["model_check"]["note"]
+    # Conservative ranges are wider, so protocols cost at least as much as with calibration (at the same budget:
+    # the whole-model check is what may tighten a calibrated choice).
+    calibrated = rewrite(model, public_inputs={"timestep"}, calibration=[inputs], model_error=0)
     assert result.report["totals"]["est_bytes_after"] >= calibrated.report["totals"]["est_bytes_after"]
+
+
+def _model_error(model, rewritten, inputs):
+    want = _ort(model, inputs)[0]
+    got = _ort(rewritten, inputs)[0]
+    return float(np.abs(got - want).max() / want.std())
+
+
+def test_whole_model_check_tightens_budgets_until_the_output_error_is_met():
+    model, inputs = _fixture("unet2d_attn.ts17")
+    loose = rewrite(model, public_inputs={"timestep"}, calibration=[inputs], budget=5e-2, model_error=0)
+    target = 5e-3
+    loose_error = _model_error(model, loose.model, inputs)
+    assert loose_error > target   # otherwise this test shows nothing
+    checked = rewrite(model, public_inputs={"timestep"}, calibration=[inputs], budget=5e-2, model_error=target)
+    check = checked.report["model_check"]
+    assert check["checked"] and check["met"] and len(check["attempts"]) >= 2
+    # independent: onnxruntime on the original and on the rewritten graph
+    assert _model_error(model, checked.model, inputs) <= target
+    assert check["attempts"][0]["error"] == pytest.approx(loose_error, rel=1e-6, abs=1e-9)
+    first = check["attempts"][0]
+    assert first["by_op"] and max(first["by_op"], key=first["by_op"].get) in checked.report["budgets"]
+    assert min(checked.report["budgets"].values()) < 5e-2
+    assert all(r["budget"] == checked.report["budgets"][r["op"]] for r in checked.report["rewrites"])
+    assert "Whole-model check" in render_markdown(checked.report)
 
 
 def test_impossible_budget_declines_with_reason_and_keeps_direct():

@@ -27,6 +27,10 @@ def add_arguments(parser) -> None:
                              "or with a leading axis of cases (diffusion: inputs along a sampling trajectory)")
     parser.add_argument("--error-budget", type=float, default=None, metavar="E",
                         help="max abs error per rewritten node on its calibrated inputs (default 1e-2)")
+    parser.add_argument("--model-error", type=float, default=None, metavar="R",
+                        help="with --calibration: bound on the rewritten model's float error, max abs output "
+                             "error / output std on the calibration cases; budgets of the op classes that exceed "
+                             "it are tightened (default 1e-2; 0 turns the check off)")
     parser.add_argument("--protocol", default=DEFAULT_PROTOCOL, choices=PROTOCOLS, help="SPU protocol")
     parser.add_argument("--field", default=DEFAULT_FIELD, choices=sorted(FIELDS), help="SPU ring")
     parser.add_argument("--fxp-bits", type=int, default=DEFAULT_FXP_BITS, help="fixed-point fraction bits")
@@ -50,15 +54,22 @@ def run(args) -> int:
         raise CipherdmError("--weights-out must differ from the program path: the weights never go into it")
     from compiler.artifact import load_npz
 
-    if args.direct and (args.calibration or args.error_budget is not None):
-        raise CipherdmError("--direct compiles without rewrites: --calibration and --error-budget do not apply")
+    problems = []
+    if args.direct and (args.calibration or args.error_budget is not None or args.model_error is not None):
+        problems.append("--direct compiles without rewrites: --calibration, --error-budget and --model-error do "
+                        "not apply")
     if args.error_budget is not None and not args.error_budget > 0:
-        raise CipherdmError(f"--error-budget must be positive, got {args.error_budget}")
+        problems.append(f"--error-budget must be positive, got {args.error_budget}")
+    if args.model_error is not None and not args.model_error >= 0:
+        problems.append(f"--model-error must be 0 (no check) or positive, got {args.model_error}")
+    if problems:
+        raise CipherdmError("bad compile options", problems)
     calibration = load_npz(args.calibration, "calibration data") if args.calibration else None
     config = SecureConfig(args.protocol, args.field, args.fxp_bits)
     program = compile_model(args.model, input_shapes=parse_input_shapes(args.input_shape), public=args.public,
                             rewrites="direct" if args.direct else "cipherdm", config=config,
-                            calibration=calibration, budget=args.error_budget, calibration_source=args.calibration)
+                            calibration=calibration, budget=args.error_budget, calibration_source=args.calibration,
+                            model_error=args.model_error)
     # Weights first: a program without its weights is useless to the owner, the reverse is harmless.
     write_weights(program.weights, weights_out)
     artifact = write_artifact(program, args.output)
