@@ -72,11 +72,10 @@ def _die_with_supervisor() -> None:
         os._exit(1)
 
 
-def _run(args) -> int:
-    from compiler.errors import CipherdmError
-    from runtime.party import EXIT_PEER_FAILED, PartiesConfig, run_party
-
-    status_path = args.status_out
+def party_reporters(verb: str, rank, status_path: str | None):
+    """(write_status, peer_failed) for a party process: the status file the supervisor polls (written atomically),
+    and what to do when a peer fails (say so, record it, leave at once: brpc threads may still be running)."""
+    from runtime.party import EXIT_PEER_FAILED
 
     def write_status(status: dict) -> None:
         if status_path:
@@ -85,10 +84,18 @@ def _run(args) -> int:
             os.replace(tmp, status_path)
 
     def peer_failed(message: str) -> None:
-        print(f"cipherdm party: error: {message}", file=sys.stderr, flush=True)
-        write_status({"rank": args.rank, "ok": False, "error": message, "kind": "PeerFailure"})
+        print(f"cipherdm {verb}: error: {message}", file=sys.stderr, flush=True)
+        write_status({"rank": rank, "ok": False, "error": message, "kind": "PeerFailure"})
         os._exit(EXIT_PEER_FAILED)
 
+    return write_status, peer_failed
+
+
+def _run(args) -> int:
+    from compiler.errors import CipherdmError
+    from runtime.party import PartiesConfig, run_party
+
+    write_status, peer_failed = party_reporters("party", args.rank, args.status_out)
     _exit_on_signals(args.rank, write_status)
     _die_with_supervisor()
     log_path = args.spu_log or f"{args.program}.party{args.rank}.log"

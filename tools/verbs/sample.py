@@ -7,7 +7,6 @@ runtime/secure_sampler.py for the protocol and docs/sampler.md for costs and qua
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -291,23 +290,11 @@ def _party(args) -> int:
 
 def _party_run(args) -> int:
     from compiler.errors import CipherdmError
-    from runtime.party import EXIT_PEER_FAILED, PartiesConfig
+    from runtime.party import PartiesConfig
     from runtime.secure_sampler import run_sampler_party
-    from tools.verbs.party import _die_with_supervisor, _exit_on_signals
+    from tools.verbs.party import _die_with_supervisor, _exit_on_signals, party_reporters
 
-    status_path = args.status_out
-
-    def write_status(status: dict) -> None:
-        if status_path:
-            tmp = f"{status_path}.tmp"
-            Path(tmp).write_text(json.dumps(status))
-            os.replace(tmp, status_path)
-
-    def peer_failed(message: str) -> None:
-        print(f"cipherdm sample: error: {message}", file=sys.stderr, flush=True)
-        write_status({"rank": args.rank, "ok": False, "error": message, "kind": "PeerFailure"})
-        os._exit(EXIT_PEER_FAILED)
-
+    write_status, peer_failed = party_reporters("sample", args.rank, args.status_out)
     _exit_on_signals(args.rank if args.rank is not None else -1, write_status)
     _die_with_supervisor()
     try:
