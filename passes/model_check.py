@@ -18,7 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-DEFAULT_MODEL_ERROR = 1e-2
+# The default bound is a guard, not the 1e-2 benchmark target (pass --model-error 0.01 for that): on the
+# shipped trained MNIST model along a sampling trajectory, 1e-2 leaves no SiLU protocol within its budget (2.7e-4
+# per node; 27 SiLUs stay SPU's own, 6.1 GB per step instead of 3.4), while 5e-2 costs nothing over 1e-1 there and
+# samples at per-node budget 1e-2 (error 0.30) already matched the direct-SPU baseline's quality.
+DEFAULT_MODEL_ERROR = 5e-2
 TIGHTEN = 2.0
 MAX_ATTEMPTS = 8
 MIN_BUDGET = 1e-5

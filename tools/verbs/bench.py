@@ -20,6 +20,9 @@ def add_arguments(parser) -> None:
                         help="calibration inputs for cipherdm's rewrites (default: the benchmark inputs)")
     parser.add_argument("--error-budget", type=float, default=None, metavar="E",
                         help="cipherdm's max abs error per rewritten node (default 1e-2)")
+    parser.add_argument("--model-error", type=float, default=None, metavar="R",
+                        help="cipherdm's whole-model bound, max abs output error / output std on the calibration "
+                             "cases (default 1e-2 here: the benchmark's accuracy target; 0 = no check)")
     parser.add_argument("--mode", choices=("sim", "local"), default="sim",
                         help="sim: in-process three parties (default); local: three party processes")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per program, interleaved (default 3)")
@@ -37,11 +40,13 @@ def run(args) -> int:
     from compiler.loader import parse_input_shapes
     from tools.benchmark import render_text, run_benchmark, write_json
 
-    if args.error_budget is not None and not args.error_budget > 0:
-        raise CipherdmError(f"--error-budget must be positive, got {args.error_budget}")
     from pathlib import Path
 
     problems, inputs, calibration = [], None, None
+    if args.error_budget is not None and not args.error_budget > 0:
+        problems.append(f"--error-budget must be positive, got {args.error_budget}")
+    if args.model_error is not None and not args.model_error >= 0:
+        problems.append(f"--model-error must be 0 (no check) or positive, got {args.model_error}")
     if not Path(args.model).is_file():
         problems.append(f"model file {args.model} does not exist")
     if args.repeats < 1:
@@ -66,7 +71,7 @@ def run(args) -> int:
 
     result = run_benchmark(args.model, inputs=inputs, inputs_source=args.inputs, public=args.public,
                            calibration=calibration, calibration_source=args.calibration, budget=args.error_budget,
-                           mode=args.mode, repeats=args.repeats, top=args.top,
+                           model_error=args.model_error, mode=args.mode, repeats=args.repeats, top=args.top,
                            input_shapes=parse_input_shapes(args.input_shape), log=log)
     if args.json:
         write_json(args.json, result)

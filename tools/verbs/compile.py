@@ -30,7 +30,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--model-error", type=float, default=None, metavar="R",
                         help="with --calibration: bound on the rewritten model's float error, max abs output "
                              "error / output std on the calibration cases; budgets of the op classes that exceed "
-                             "it are tightened (default 1e-2; 0 turns the check off)")
+                             "it are tightened (default 5e-2; 0 turns the check off)")
     parser.add_argument("--protocol", default=DEFAULT_PROTOCOL, choices=PROTOCOLS, help="SPU protocol")
     parser.add_argument("--field", default=DEFAULT_FIELD, choices=sorted(FIELDS), help="SPU ring")
     parser.add_argument("--fxp-bits", type=int, default=DEFAULT_FXP_BITS, help="fixed-point fraction bits")
