@@ -49,7 +49,7 @@ def rewrite(model: onnx.ModelProto, *, public_inputs=frozenset(), calibration: l
     canon = canonicalize(model, set(public_inputs))
     watched = [c.node.input[0] for c in canon.canonical]
     stats: dict[str, TensorStats] = calibrate(model, watched, calibration) if calibration else {}
-    budgets = {op: budget for op in dict.fromkeys(c.pattern for c in canon.canonical)}
+    budgets = {c.node.output[0]: budget for c in canon.canonical}   # per node, by output name
     attempts: list[model_check.Attempt] = []
     checking = bool(calibration) and bool(model_error) and bool(budgets)
     if checking:
@@ -60,19 +60,21 @@ def rewrite(model: onnx.ModelProto, *, public_inputs=frozenset(), calibration: l
         if not checking:
             break
         error = model_check.relative_error(model_check.run(chosen.model, cases), reference)
-        attempt = model_check.Attempt(dict(budgets), error, {})
+        attempt = model_check.Attempt(error, sum(b < budget for b in budgets.values()), [])
         attempts.append(attempt)
         if error <= model_error or len(attempts) >= model_check.MAX_ATTEMPTS:
             break
-        attempt.by_op = {op: model_check.relative_error(model_check.run(chosen.only(op), cases), reference)
-                         for op in budgets}
-        chosen_error: dict[str, float] = {}
-        for r in chosen.rewrites:
-            chosen_error[r["op"]] = max(chosen_error.get(r["op"], 0.0), r["error_max"])
-        budgets = model_check.tightened(budgets, attempt.by_op, model_error, chosen_error)
+        # each rewritten node's own share of the error: the model with only that node rewritten
+        solo_cases = cases[:model_check.SOLO_CASES]
+        solo_reference = reference[:model_check.SOLO_CASES]
+        solo = {key: model_check.relative_error(model_check.run(chosen.only({key}), solo_cases), solo_reference)
+                for key in chosen.rewritten_keys()}
+        attempt.worst = [{"node": chosen.names[k], "op": chosen.op_of[k], "error": e}
+                         for k, e in sorted(solo.items(), key=lambda kv: -kv[1])[:model_check.REPORTED_NODES]]
+        budgets = model_check.tightened(budgets, solo, model_error, chosen.errors)
     report = empty_report("cipherdm")
     report["budget"] = budget
-    report["budgets"] = budgets
+    report["budgets"] = _budgets_by_op(budgets, chosen.op_of, budget)
     report["model_check"] = _model_check_note(attempts, model_error, calibration, checking,
                                               len(cases) if checking else 0)
     report["declined"] = [d.to_json() for d in attention_declined + canon.declined] + chosen.declined
@@ -102,32 +104,40 @@ class _Chosen:
     op_of: dict[str, str]
     used: list[protocols.Protocol]
     plain_used: list[protocols.Protocol]
+    names: dict[str, str]                       # node name by output name
+    errors: dict[str, float]                    # the chosen protocol's max error on the calibrated inputs
 
-    def only(self, op: str) -> onnx.ModelProto:
-        """The model with only ``op``'s nodes rewritten (the rest as their plain expressions)."""
-        mixed = {k: (v if self.op_of[k] == op else self.plain[k]) for k, v in self.replacements.items()}
+    def rewritten_keys(self) -> list[str]:
+        return [k for k in self.replacements if k in self.errors]
+
+    def only(self, keys: set[str]) -> onnx.ModelProto:
+        """The model with only these nodes rewritten (the rest as their plain expressions)."""
+        mixed = {k: (v if k in keys else self.plain[k]) for k, v in self.replacements.items()}
         out = _replace_nodes(self.base, mixed)
         protocols.add_functions(out, self.used + self.plain_used)
         return out
 
 
 def _choose_all(canon, stats: dict[str, TensorStats], budgets: dict[str, float], expanded_from: dict) -> _Chosen:
+    """``budgets``: the error budget of every canonical node, keyed by its output name."""
     view = GraphView(canon.model)
     knobs = protocols.SpuKnobs()
     used: list[protocols.Protocol] = []
     plain_used: list[protocols.Protocol] = []
     rewrites, declined = [], []
-    replacements, plain, op_of = {}, {}, {}
+    replacements, plain, op_of, names, errors = {}, {}, {}, {}, {}
     for entry in canon.canonical:
         node, op = entry.node, entry.pattern
         shape = view.shape(node.input[0])
         extra = [_value(view, name) for name in node.input[1:]]
-        choice = choose(op, shape, entry.attrs, stats.get(node.input[0]), budgets[op], extra, knobs)
+        key = node.output[0]
+        choice = choose(op, shape, entry.attrs, stats.get(node.input[0]), budgets[key], extra, knobs)
         direct = protocols.direct(op, **_gelu_kw(op, entry.attrs))
         cost_kw = {k: entry.attrs[k] for k in ("num_groups", "axis") if k in entry.attrs}
         before = direct.cost(shape, **cost_kw)
         plain_used.append(direct)
-        op_of[node.output[0]] = op
+        op_of[key] = op
+        names[key] = node.name
         plain[node.output[0]] = protocols.make_node(direct, node.input, node.output[0], node.name,
                                                     **_op_attrs(op, entry.attrs))
         if choice.protocol is None:
@@ -142,6 +152,7 @@ def _choose_all(canon, stats: dict[str, TensorStats], budgets: dict[str, float],
         replacements[node.output[0]] = protocols.make_node(chosen, node.input, node.output[0], node.name,
                                                            **_op_attrs(op, entry.attrs))
         after = chosen.cost(shape, **cost_kw)
+        errors[key] = choice.error["max"]
         # A softmax that came out of an Attention op is reported as that attention.
         origin = [expanded_from[n] for n in entry.original if n in expanded_from]
         rewrites.append({
@@ -150,14 +161,26 @@ def _choose_all(canon, stats: dict[str, TensorStats], budgets: dict[str, float],
             "protocol": chosen.name, "family": chosen.family, "params": chosen.params,
             "spu_knobs": chosen.knobs.to_json(), "shape": list(shape), "elements": int(np.prod(shape)),
             "interval": [float(v) for v in choice.interval], "calibrated": node.input[0] in stats,
-            "budget": budgets[op], "error_max": choice.error["max"], "error_mean": choice.error["mean"],
+            "budget": budgets[key], "error_max": choice.error["max"], "error_mean": choice.error["mean"],
             "est_bytes_before": float(before.bytes), "est_bytes_after": float(after.bytes),
             "est_rounds_before": float(before.rounds), "est_rounds_after": float(after.rounds),
             "curve": error_curve(chosen, op, choice.interval, entry.attrs),
         })
     out = _replace_nodes(canon.model, replacements)
     protocols.add_functions(out, used)
-    return _Chosen(out, rewrites, declined, knobs, canon.model, replacements, plain, op_of, used, plain_used)
+    return _Chosen(out, rewrites, declined, knobs, canon.model, replacements, plain, op_of, used, plain_used,
+                   names, errors)
+
+
+def _budgets_by_op(budgets: dict[str, float], op_of: dict[str, str], start: float) -> dict[str, dict]:
+    """Per op class: the loosest and tightest node budget and how many nodes were tightened below ``start``."""
+    out: dict[str, dict] = {}
+    for key, b in budgets.items():
+        entry = out.setdefault(op_of[key], {"max": b, "min": b, "nodes": 0, "tightened": 0})
+        entry["max"], entry["min"] = max(entry["max"], b), min(entry["min"], b)
+        entry["nodes"] += 1
+        entry["tightened"] += int(b < start)
+    return out
 
 
 def _model_check_note(attempts, target, calibration, checking, cases: int) -> dict:

@@ -40,18 +40,19 @@ def render_markdown(report: dict) -> str:
         out += [f"Calibration: {calib.get('note', '')}", ""]
     if report.get("budget") is not None:
         budgets = report.get("budgets") or {}
-        tightened = {op: b for op, b in budgets.items() if b != report["budget"]}
+        tightened = {op: b for op, b in budgets.items() if b.get("tightened")}
         out += [f"Error budget per node: {report['budget']:g}"
-                + ("".join(f"; {op} tightened to {b:.3g}" for op, b in tightened.items())), ""]
+                + "".join(f"; {b['tightened']} of {b['nodes']} {op} nodes tightened (down to {b['min']:.3g})"
+                          for op, b in tightened.items()), ""]
     check = report.get("model_check") or {}
     if check:
         out += [f"Whole-model check: {check.get('note', '')}", ""]
         if check.get("attempts"):
-            out += ["| attempt | budgets | model error / std | error with one op class rewritten |", "|---|---|---|---|"]
+            out += ["| attempt | nodes tightened | model error / std | nodes with the largest error of their own |",
+                    "|---|---|---|---|"]
             for i, a in enumerate(check["attempts"], 1):
-                budgets = ", ".join(f"{op} {b:.3g}" for op, b in a["budgets"].items())
-                by_op = ", ".join(f"{op} {e:.3g}" for op, e in a["by_op"].items()) or "-"
-                out.append(f"| {i} | {budgets} | {a['error']:.3g} | {by_op} |")
+                worst = ", ".join(f"{w['node']} ({w['op']}) {w['error']:.3g}" for w in a["worst_nodes"][:4]) or "-"
+                out.append(f"| {i} | {a['tightened_nodes']} | {a['error']:.3g} | {worst} |")
             out.append("")
     if t:
         saved = t["est_bytes_before"] / t["est_bytes_after"] if t.get("est_bytes_after") else float("inf")
