@@ -78,14 +78,16 @@ class RewriteResult:
 def rewrite_for_mpc(model: onnx.ModelProto, config: SecureConfig, mode: str = "cipherdm",
                     public: tuple[str, ...] = (), calibration: list[dict] | None = None,
                     budget: float | None = None, calibration_source: str | None = None,
-                    model_error: float | None = None) -> RewriteResult:
+                    model_error: float | None = None, auto_fraction_bits: bool = False) -> RewriteResult:
     """Run the MPC rewrite passes (``passes.pipeline``) and fold the SPU knobs they need into the config.
 
     ``mode == "direct"`` compiles the graph as it is, the baseline every rewrite is measured against; its report
     lists what the passes would have rewritten. ``public`` names the inputs every party knows; ``calibration``
     (input dicts, one per case) and ``budget`` (max abs error per node) drive the per-node protocol choice;
     ``model_error`` (max abs output error / output std on the calibration cases, 0 = no check) bounds the whole
-    model's float error by tightening the budgets where needed (passes/model_check.py).
+    model's float error by tightening the budgets where needed (passes/model_check.py). ``auto_fraction_bits``:
+    the fixed-point fraction bits are chosen from the calibrated value range (passes/fixed_point.py), recorded in
+    the report; without calibration the config's bits stay.
     """
     from passes.pipeline import DEFAULT_BUDGET, DEFAULT_MODEL_ERROR, direct_report, rewrite
 
@@ -96,11 +98,34 @@ def rewrite_for_mpc(model: onnx.ModelProto, config: SecureConfig, mode: str = "c
     result = rewrite(model, public_inputs=set(public), calibration=calibration,
                      budget=DEFAULT_BUDGET if budget is None else budget, calibration_source=calibration_source,
                      model_error=DEFAULT_MODEL_ERROR if model_error is None else model_error)
+    if auto_fraction_bits:
+        config = _with_fraction_bits(config, model, calibration, result.report)
     if result.knobs.runtime:
         config = config.with_runtime(**result.knobs.runtime)
     if result.knobs.compiler:
         config = config.with_compiler(**result.knobs.compiler)
     return RewriteResult(result.model, result.report, config)
+
+
+def _with_fraction_bits(config: SecureConfig, model: onnx.ModelProto, calibration, report: dict) -> SecureConfig:
+    from dataclasses import replace
+
+    from passes import fixed_point
+    from passes.model_check import pick_cases
+
+    if not calibration or config.field not in ("FM64", "FM128"):
+        why = "no calibration data" if not calibration else f"{config.field} keeps the given bits"
+        report["fixed_point"] = {"fraction_bits": int(config.fxp_bits), "chosen": False,
+                                 "note": f"{config.fxp_bits} fraction bits ({why})"}
+        return config
+    bound = fixed_point.value_bound(model, pick_cases(calibration))
+    bits = fixed_point.fraction_bits(bound, config.field)
+    report["fixed_point"] = {
+        "fraction_bits": bits, "chosen": True, "value_bound": bound, "margin": fixed_point.MARGIN,
+        "note": f"{bits} fraction bits: the largest value on the calibration cases is {bound:.4g}; with a margin of "
+                f"{fixed_point.MARGIN:g}x it and its square stay clear of the {config.field} ring while a product "
+                f"is untruncated (at most {fixed_point.MAX_BITS})"}
+    return replace(config, fxp_bits=bits)
 
 
 @dataclass
@@ -191,7 +216,8 @@ def strip_weights(model: onnx.ModelProto, keep: frozenset[str] | set[str] = froz
 def compile_model(model: onnx.ModelProto | str, *, input_shapes=None, public=(), rewrites: str = "cipherdm",
                   config: SecureConfig | None = None, name: str | None = None,
                   calibration: dict[str, np.ndarray] | None = None, budget: float | None = None,
-                  calibration_source: str | None = None, model_error: float | None = None) -> CompiledProgram:
+                  calibration_source: str | None = None, model_error: float | None = None,
+                  auto_fraction_bits: bool = False) -> CompiledProgram:
     """Load (a path or a ModelProto, with compiler.load_model), rewrite, lower and compile.
 
     ``public`` names the inputs every party knows; ``rewrites`` is "direct" (no MPC rewrites) or "cipherdm".
@@ -214,7 +240,7 @@ def compile_model(model: onnx.ModelProto | str, *, input_shapes=None, public=(),
         from passes.calibrate import split_cases
         cases = split_cases(calibration, [spec_of(vi) for vi in graph_inputs(prepared)])
     rewritten = rewrite_for_mpc(prepared, config, rewrites, tuple(public), cases, budget, calibration_source,
-                                model_error)
+                                model_error, auto_fraction_bits)
     config = rewritten.config
     timings["rewrite"] = time.perf_counter() - start - timings["load"]
 

@@ -62,9 +62,11 @@ FIT_SPECS = [{"exp": name} for name in EXP_CHOICES] + [
 # U is rounded up to this step when a shift variant is specialised to a node's calibrated rows
 UPPER_STEP = 0.25
 MAX_UPPER = 5.5
-# A low-clip variant's row sum must stay below 2^44 (FM64 with 18 fraction bits holds 2^45) for rows of up to
-# this many elements, also where U was too small and exp's polynomial is extrapolated above 0.
+# A low-clip variant's row sum must stay below 2^40 for rows of up to this many elements, also where U was too
+# small and exp's polynomial is extrapolated above 0 (FM64 holds 2^41 with 22 fraction bits, the most the
+# compiler picks: passes/fixed_point.py).
 LOW_CLIP_ROW = 4096
+LOW_CLIP_SUM = 2.0 ** 40
 
 
 def low_clip_headroom(exp) -> float:
@@ -72,7 +74,7 @@ def low_clip_headroom(exp) -> float:
     such values overflows SPU's fixed-point range: recorded in the fit, documented in the report."""
     grid = np.arange(0.0, 200.0, 0.5)
     values = exp.numpy_fn(grid)
-    ok = grid[(values * LOW_CLIP_ROW < 2.0 ** 44) & (np.diff(values, prepend=0.0) >= 0)]
+    ok = grid[(values * LOW_CLIP_ROW < LOW_CLIP_SUM) & (np.diff(values, prepend=0.0) >= 0)]
     return float(ok.max())
 
 

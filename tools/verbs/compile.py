@@ -33,7 +33,9 @@ def add_arguments(parser) -> None:
                              "it are tightened (default 5e-2; 0 turns the check off)")
     parser.add_argument("--protocol", default=DEFAULT_PROTOCOL, choices=PROTOCOLS, help="SPU protocol")
     parser.add_argument("--field", default=DEFAULT_FIELD, choices=sorted(FIELDS), help="SPU ring")
-    parser.add_argument("--fxp-bits", type=int, default=DEFAULT_FXP_BITS, help="fixed-point fraction bits")
+    parser.add_argument("--fxp-bits", default="auto", metavar="N|auto",
+                        help="fixed-point fraction bits; auto (default): with --calibration, the most the calibrated "
+                             f"value range allows (at most 22), else SPU's default {DEFAULT_FXP_BITS}")
 
 
 def default_weights_path(program: str) -> Path:
@@ -47,7 +49,7 @@ def run(args) -> int:
     from compiler.errors import CipherdmError
     from compiler.loader import parse_input_shapes
     from compiler.spu_compile import compile_model
-    from runtime.spu_config import SecureConfig
+    from runtime.spu_config import DEFAULT_FXP_BITS, SecureConfig
 
     weights_out = Path(args.weights_out) if args.weights_out else default_weights_path(args.output)
     if weights_out.resolve() == Path(args.output).resolve():
@@ -62,14 +64,17 @@ def run(args) -> int:
         problems.append(f"--error-budget must be positive, got {args.error_budget}")
     if args.model_error is not None and not args.model_error >= 0:
         problems.append(f"--model-error must be 0 (no check) or positive, got {args.model_error}")
+    auto_bits = args.fxp_bits == "auto"
+    if not auto_bits and not str(args.fxp_bits).isdigit():
+        problems.append(f"--fxp-bits must be a number of bits or auto, got {args.fxp_bits!r}")
     if problems:
         raise CipherdmError("bad compile options", problems)
     calibration = load_npz(args.calibration, "calibration data") if args.calibration else None
-    config = SecureConfig(args.protocol, args.field, args.fxp_bits)
+    config = SecureConfig(args.protocol, args.field, DEFAULT_FXP_BITS if auto_bits else int(args.fxp_bits))
     program = compile_model(args.model, input_shapes=parse_input_shapes(args.input_shape), public=args.public,
                             rewrites="direct" if args.direct else "cipherdm", config=config,
                             calibration=calibration, budget=args.error_budget, calibration_source=args.calibration,
-                            model_error=args.model_error)
+                            model_error=args.model_error, auto_fraction_bits=auto_bits and not args.direct)
     # Weights first: a program without its weights is useless to the owner, the reverse is harmless.
     write_weights(program.weights, weights_out)
     artifact = write_artifact(program, args.output)
@@ -77,8 +82,8 @@ def run(args) -> int:
     roles = {}
     for a in program.args:
         roles.setdefault(a.role, []).append(a.name)
-    print(f"compiled {args.model} -> {args.output} ({config.protocol}, {config.field}, {config.fxp_bits} fraction "
-          f"bits, rewrites: {program.rewrites}) in {t['total']:.2f} s (SPU compile {t['spu_compile']:.2f} s)")
+    print(f"compiled {args.model} -> {args.output} ({config.protocol}, {config.field}, "
+          f"{program.config.fxp_bits} fraction bits, rewrites: {program.rewrites}) in {t['total']:.2f} s (SPU compile {t['spu_compile']:.2f} s)")
     print(f"  user inputs: {', '.join(roles.get('user', [])) or '-'}; public: "
           f"{', '.join(roles.get('public', [])) or '-'}; weights: {len(roles.get('model_owner', []))} tensors, "
           f"{sum(v.size for v in program.weights.values())} values -> {weights_out}")

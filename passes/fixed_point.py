@@ -1,0 +1,65 @@
+"""How many fraction bits the fixed-point encoding can afford, from the values the model really computes.
+
+SPU encodes a real x as round(x * 2^f) in the ring (FM64: 64 bits). A product of two encodings carries 2f fraction
+bits until it is truncated, so the largest value v the program forms must keep |v| * 2^(2f) below 2^62 (sign bit
+and one bit of slack); sums wrap harmlessly in the ring, so only final values count, not partial sums. More
+fraction bits cost nothing in bytes or rounds (the ring stays 64 bits) and cut every op's rounding error: on the
+CipherDM MNIST U-Net 22 bits instead of SPU's default 18 take the measured output error from 0.019 to 0.0096 x std.
+
+The bound comes from onnxruntime on the calibration cases, over every float tensor of the graph (inputs,
+weights' products, activations), times MARGIN for inputs the calibration did not see. The squares a norm or a
+polynomial forms are values of the graph too (variances, powers), but GroupNorm's x^2 is not a tensor of the
+ONNX graph, so the bound is taken as max(B, B^2) with B the largest magnitude.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+
+MARGIN = 4.0
+MAX_BITS = 22      # softmax's low-clip headroom is checked for sums up to 2^40 (room for 22 fraction bits)
+MIN_BITS = 12
+RING_BITS = {"FM64": 64, "FM128": 128, "FM32": 32}
+
+
+def value_bound(model: onnx.ModelProto, cases: list[dict[str, np.ndarray]]) -> float:
+    """The largest |value| of any float tensor of ``model`` on ``cases`` (onnxruntime)."""
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    inferred = onnx.shape_inference.infer_shapes(probe)
+    floats = {vi.name for vi in list(inferred.graph.value_info) + list(inferred.graph.output)
+              if vi.type.tensor_type.elem_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE,
+                                                   onnx.TensorProto.FLOAT16)}
+    existing = {o.name for o in probe.graph.output}
+    for node in probe.graph.node:
+        for name in node.output:
+            if name and name in floats and name not in existing:
+                probe.graph.output.append(onnx.ValueInfoProto(name=name))
+                existing.add(name)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+    bound = 0.0
+    for case in cases:
+        for key, value in case.items():
+            if np.issubdtype(np.asarray(value).dtype, np.floating):
+                bound = max(bound, float(np.max(np.abs(value))) if np.size(value) else 0.0)
+        for value in session.run(None, {k: v for k, v in case.items() if k in names}):
+            value = np.asarray(value)
+            if value.size and np.issubdtype(value.dtype, np.floating):
+                bound = max(bound, float(np.max(np.abs(value[np.isfinite(value)]), initial=0.0)))
+    return bound
+
+
+def fraction_bits(bound: float, field: str = "FM64") -> int:
+    """The most fraction bits (between MIN_BITS and MAX_BITS) that keep MARGIN x the bound, and its square, clear
+    of the ring's range while a product is untruncated."""
+    largest = max(MARGIN * bound, (MARGIN * bound) ** 2, 1.0)
+    room = (RING_BITS[field] - 2 - math.log2(largest)) / 2
+    return int(max(MIN_BITS, min(MAX_BITS, math.floor(room))))
