@@ -59,14 +59,16 @@ def rewrite(model: onnx.ModelProto, *, public_inputs=frozenset(), calibration: l
         chosen = _choose_all(canon, stats, budgets, expanded_from)
         if not checking:
             break
-        error = model_check.relative_error(model_check.run(chosen.model, cases), reference)
+        per_case = model_check.case_errors(model_check.run(chosen.model, cases), reference)
+        error = max(per_case)
         attempt = model_check.Attempt(error, sum(b < budget for b in budgets.values()), [])
         attempts.append(attempt)
         if error <= model_error or len(attempts) >= model_check.MAX_ATTEMPTS:
             break
         # each rewritten node's own share of the error: the model with only that node rewritten
-        solo_cases = cases[:model_check.SOLO_CASES]
-        solo_reference = reference[:model_check.SOLO_CASES]
+        worst = model_check.worst_cases(per_case)
+        solo_cases = [cases[i] for i in worst]
+        solo_reference = [reference[i] for i in worst]
         solo = {key: model_check.relative_error(model_check.run(chosen.only({key}), solo_cases), solo_reference)
                 for key in chosen.rewritten_keys()}
         attempt.worst = [{"node": chosen.names[k], "op": chosen.op_of[k], "error": e}
