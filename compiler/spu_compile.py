@@ -99,7 +99,7 @@ def rewrite_for_mpc(model: onnx.ModelProto, config: SecureConfig, mode: str = "c
                      budget=DEFAULT_BUDGET if budget is None else budget, calibration_source=calibration_source,
                      model_error=DEFAULT_MODEL_ERROR if model_error is None else model_error)
     if auto_fraction_bits:
-        config = _with_fraction_bits(config, model, calibration, result.report)
+        config = _with_fraction_bits(config, model, calibration, result.report, set(public))
     if result.knobs.runtime:
         config = config.with_runtime(**result.knobs.runtime)
     if result.knobs.compiler:
@@ -107,7 +107,8 @@ def rewrite_for_mpc(model: onnx.ModelProto, config: SecureConfig, mode: str = "c
     return RewriteResult(result.model, result.report, config)
 
 
-def _with_fraction_bits(config: SecureConfig, model: onnx.ModelProto, calibration, report: dict) -> SecureConfig:
+def _with_fraction_bits(config: SecureConfig, model: onnx.ModelProto, calibration, report: dict,
+                        public: tuple[str, ...]) -> SecureConfig:
     from dataclasses import replace
 
     from passes import fixed_point
@@ -118,13 +119,16 @@ def _with_fraction_bits(config: SecureConfig, model: onnx.ModelProto, calibratio
         report["fixed_point"] = {"fraction_bits": int(config.fxp_bits), "chosen": False,
                                  "note": f"{config.fxp_bits} fraction bits ({why})"}
         return config
-    bound = fixed_point.value_bound(model, pick_cases(calibration))
-    bits = fixed_point.fraction_bits(bound, config.field)
+    from passes.public import public_tensors
+
+    bound, public_bound = fixed_point.value_bound(model, pick_cases(calibration), public_tensors(model, public))
+    bits = fixed_point.fraction_bits(bound, config.field, public_bound)
     report["fixed_point"] = {
-        "fraction_bits": bits, "chosen": True, "value_bound": bound, "margin": fixed_point.MARGIN,
-        "note": f"{bits} fraction bits: the largest value on the calibration cases is {bound:.4g}; with a margin of "
-                f"{fixed_point.MARGIN:g}x it and its square stay clear of the {config.field} ring while a product "
-                f"is untruncated (at most {fixed_point.MAX_BITS})"}
+        "fraction_bits": bits, "chosen": True, "value_bound": bound, "public_value_bound": public_bound,
+        "margin": fixed_point.MARGIN,
+        "note": f"{bits} fraction bits: the largest secret value on the calibration cases is {bound:.4g} (public: "
+                f"{public_bound:.4g}); with a margin of {fixed_point.MARGIN:g}x the secret bound and its square stay "
+                f"clear of the {config.field} ring while a product is untruncated (at most {fixed_point.MAX_BITS})"}
     return replace(config, fxp_bits=bits)
 
 

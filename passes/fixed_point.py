@@ -7,7 +7,8 @@ fraction bits cost nothing in bytes or rounds (the ring stays 64 bits) and cut e
 CipherDM MNIST U-Net 22 bits instead of SPU's default 18 take the measured output error from 0.019 to 0.0096 x std.
 
 The bound comes from onnxruntime on the calibration cases, over every float tensor of the graph (inputs,
-weights' products, activations), times MARGIN for inputs the calibration did not see. The squares a norm or a
+weights' products, activations), times MARGIN for inputs the calibration did not see; public tensors (the
+timestep and its embedding's arguments) count without their square. The squares a norm or a
 polynomial forms are values of the graph too (variances, powers), but GroupNorm's x^2 is not a tensor of the
 ONNX graph, so the bound is taken as max(B, B^2) with B the largest magnitude.
 """
@@ -25,8 +26,11 @@ MIN_BITS = 12
 RING_BITS = {"FM64": 64, "FM128": 128, "FM32": 32}
 
 
-def value_bound(model: onnx.ModelProto, cases: list[dict[str, np.ndarray]]) -> float:
-    """The largest |value| of any float tensor of ``model`` on ``cases`` (onnxruntime)."""
+def value_bound(model: onnx.ModelProto, cases: list[dict[str, np.ndarray]],
+                public: set[str] = frozenset()) -> tuple[float, float]:
+    """The largest |value| of the secret float tensors of ``model`` on ``cases`` (onnxruntime), and of the public
+    ones (``public``: inputs every party knows and what is computed from them alone, e.g. a timestep of 999 and
+    its embedding's arguments; SPU multiplies those in the clear, so only their own size matters, not a square)."""
     import onnxruntime as ort
 
     probe = onnx.ModelProto()
@@ -45,21 +49,22 @@ def value_bound(model: onnx.ModelProto, cases: list[dict[str, np.ndarray]]) -> f
     options.log_severity_level = 3
     session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
     names = {i.name for i in session.get_inputs()}
-    bound = 0.0
+    out_names = [o.name for o in session.get_outputs()]
+    bounds = {False: 0.0, True: 0.0}   # keyed by "is public"
     for case in cases:
-        for key, value in case.items():
-            if np.issubdtype(np.asarray(value).dtype, np.floating):
-                bound = max(bound, float(np.max(np.abs(value))) if np.size(value) else 0.0)
-        for value in session.run(None, {k: v for k, v in case.items() if k in names}):
+        values = list(case.items()) + list(zip(out_names, session.run(None, {k: v for k, v in case.items()
+                                                                             if k in names})))
+        for name, value in values:
             value = np.asarray(value)
             if value.size and np.issubdtype(value.dtype, np.floating):
-                bound = max(bound, float(np.max(np.abs(value[np.isfinite(value)]), initial=0.0)))
-    return bound
+                magnitude = float(np.max(np.abs(value[np.isfinite(value)]), initial=0.0))
+                bounds[name in public] = max(bounds[name in public], magnitude)
+    return bounds[False], bounds[True]
 
 
-def fraction_bits(bound: float, field: str = "FM64") -> int:
-    """The most fraction bits (between MIN_BITS and MAX_BITS) that keep MARGIN x the bound, and its square, clear
-    of the ring's range while a product is untruncated."""
-    largest = max(MARGIN * bound, (MARGIN * bound) ** 2, 1.0)
+def fraction_bits(bound: float, field: str = "FM64", public_bound: float = 0.0) -> int:
+    """The most fraction bits (between MIN_BITS and MAX_BITS) that keep MARGIN x the secret bound, and its square,
+    and MARGIN x the public bound clear of the ring's range while a product is untruncated."""
+    largest = max(MARGIN * bound, (MARGIN * bound) ** 2, MARGIN * public_bound, 1.0)
     room = (RING_BITS[field] - 2 - math.log2(largest)) / 2
     return int(max(MIN_BITS, min(MAX_BITS, math.floor(room))))

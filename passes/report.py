@@ -44,6 +44,8 @@ def render_markdown(report: dict) -> str:
         out += [f"Error budget per node: {report['budget']:g}"
                 + "".join(f"; {b['tightened']} of {b['nodes']} {op} nodes tightened (down to {b['min']:.3g})"
                           for op, b in tightened.items()), ""]
+    if (report.get("fixed_point") or {}).get("note"):
+        out += [f"Fixed point: {report['fixed_point']['note']}", ""]
     check = report.get("model_check") or {}
     if check:
         out += [f"Whole-model check: {check.get('note', '')}", ""]

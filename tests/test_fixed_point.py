@@ -25,9 +25,13 @@ def _scaled_relu(scale: float) -> onnx.ModelProto:
 def test_bound_sees_intermediate_values_not_only_the_output():
     x = np.array([-2.0, 0.5, 1.0, 3.0], np.float32)
     model = _scaled_relu(250.0)
-    bound = value_bound(model, [{"x": x}])
-    assert bound == np.float32(750.0)          # the Mul's output, 250 x 3; the graph output is only 0.75
-    assert value_bound(model, [{"x": x}, {"x": -4 * x}]) == np.float32(3000.0)   # 250 x -12, before the Relu
+    bound, public = value_bound(model, [{"x": x}])
+    assert bound == np.float32(750.0) and public == 0.0   # the Mul's output, 250 x 3; the graph output is 0.75
+    assert value_bound(model, [{"x": x}, {"x": -4 * x}])[0] == np.float32(3000.0)   # 250 x -12, before the Relu
+    # public tensors (here: x and everything computed from it) are bounded apart, without their square
+    everything = {"x", "big", "y", "out"}
+    assert value_bound(model, [{"x": x}], everything) == (0.0, np.float32(750.0))
+    assert fraction_bits(0.0, public_bound=750.0) == MAX_BITS > fraction_bits(750.0)
 
 
 def test_bits_keep_the_largest_square_inside_the_ring():
@@ -58,7 +62,8 @@ def test_compile_picks_the_bits_and_the_secure_run_uses_them():
                             model_error=1e-2)
     chosen = program.report["fixed_point"]
     assert chosen["chosen"] and chosen["fraction_bits"] == program.config.fxp_bits
-    assert chosen["fraction_bits"] == fraction_bits(chosen["value_bound"])
+    assert chosen["fraction_bits"] == fraction_bits(chosen["value_bound"], "FM64", chosen["public_value_bound"])
+    assert chosen["public_value_bound"] >= float(np.max(inputs["timestep"]))
     assert chosen["value_bound"] >= float(np.max(np.abs(data["out:output"])))
     artifact = in_memory_artifact(program)
     assert artifact.config.fxp_bits == chosen["fraction_bits"]
