@@ -108,7 +108,7 @@ def rewrite_for_mpc(model: onnx.ModelProto, config: SecureConfig, mode: str = "c
 
 
 def _with_fraction_bits(config: SecureConfig, model: onnx.ModelProto, calibration, report: dict,
-                        public: tuple[str, ...]) -> SecureConfig:
+                        public: set[str]) -> SecureConfig:
     from dataclasses import replace
 
     from passes import fixed_point

@@ -55,16 +55,25 @@ def split_cases(arrays: dict[str, np.ndarray], specs: list[TensorSpec]) -> list[
     return [{name: stacked[name][i].astype(spec.dtype) for name, spec in zip(stacked, specs)} for i in range(count)]
 
 
-def calibrate(model: onnx.ModelProto, watched: list[str], cases: list[dict[str, np.ndarray]]) -> dict[str, TensorStats]:
-    """Range and sample values of every ``watched`` tensor over all ``cases``."""
+def probe_session(model: onnx.ModelProto, names) -> tuple[ort.InferenceSession, list[str]]:
+    """An onnxruntime session of ``model`` that also outputs the intermediate tensors ``names``, and the names of
+    all its outputs in the order ``run`` returns them."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     existing = {o.name for o in probe.graph.output}
-    for name in watched:
-        if name not in existing:
+    for name in names:
+        if name and name not in existing:
             probe.graph.output.append(onnx.ValueInfoProto(name=name))
-    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    out_names = [o.name for o in session.get_outputs()]
+            existing.add(name)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session, [o.name for o in session.get_outputs()]
+
+
+def calibrate(model: onnx.ModelProto, watched: list[str], cases: list[dict[str, np.ndarray]]) -> dict[str, TensorStats]:
+    """Range and sample values of every ``watched`` tensor over all ``cases``."""
+    session, out_names = probe_session(model, watched)
     stats: dict[str, TensorStats] = {}
     # Keep cases spread over the whole set (a trajectory's early and late steps see different ranges).
     kept = set(np.linspace(0, len(cases) - 1, min(len(cases), MAX_KEPT_CASES)).round().astype(int).tolist())

@@ -40,7 +40,7 @@ def rewrite(model: onnx.ModelProto, *, public_inputs=frozenset(), calibration: l
 
     ``calibration`` is a list of input dicts (one per case); without it conservative ranges are used. With it and
     ``model_error`` (max abs output error / output std), the rewritten graph is checked against the float model
-    on the calibration cases and the budgets of the op classes that cause too large an error are tightened
+    on the calibration cases and the budgets of the nodes that cause too large an error are tightened
     (passes/model_check.py).
     """
     original = model
@@ -140,19 +140,17 @@ def _choose_all(canon, stats: dict[str, TensorStats], budgets: dict[str, float],
         plain_used.append(direct)
         op_of[key] = op
         names[key] = node.name
-        plain[node.output[0]] = protocols.make_node(direct, node.input, node.output[0], node.name,
-                                                    **_op_attrs(op, entry.attrs))
+        plain[key] = protocols.make_node(direct, node.input, key, node.name, **_op_attrs(op, entry.attrs))
         if choice.protocol is None:
             used.append(direct)
-            replacements[node.output[0]] = plain[node.output[0]]
+            replacements[key] = plain[key]
             declined.append({"pattern": op, "nodes": entry.original,
                              "reason": f"{choice.reason}; kept SPU's own expression"})
             continue
         chosen = choice.protocol
         knobs = knobs.merged(chosen.knobs)
         used.append(chosen)
-        replacements[node.output[0]] = protocols.make_node(chosen, node.input, node.output[0], node.name,
-                                                           **_op_attrs(op, entry.attrs))
+        replacements[key] = protocols.make_node(chosen, node.input, key, node.name, **_op_attrs(op, entry.attrs))
         after = chosen.cost(shape, **cost_kw)
         errors[key] = choice.error["max"]
         # A softmax that came out of an Attention op is reported as that attention.

@@ -29,8 +29,8 @@ def add_arguments(parser) -> None:
                         help="max abs error per rewritten node on its calibrated inputs (default 1e-2)")
     parser.add_argument("--model-error", type=float, default=None, metavar="R",
                         help="with --calibration: bound on the rewritten model's float error, max abs output "
-                             "error / output std on the calibration cases; budgets of the op classes that exceed "
-                             "it are tightened (default 5e-2; 0 turns the check off)")
+                             "error / output std on the calibration cases; the budgets of the nodes that cause a "
+                             "larger error are tightened (default 5e-2; 0 turns the check off)")
     parser.add_argument("--protocol", default=DEFAULT_PROTOCOL, choices=PROTOCOLS, help="SPU protocol")
     parser.add_argument("--field", default=DEFAULT_FIELD, choices=sorted(FIELDS), help="SPU ring")
     parser.add_argument("--fxp-bits", default="auto", metavar="N|auto",
@@ -51,12 +51,12 @@ def run(args) -> int:
     from compiler.spu_compile import compile_model
     from runtime.spu_config import DEFAULT_FXP_BITS, SecureConfig
 
-    weights_out = Path(args.weights_out) if args.weights_out else default_weights_path(args.output)
-    if weights_out.resolve() == Path(args.output).resolve():
-        raise CipherdmError("--weights-out must differ from the program path: the weights never go into it")
     from compiler.artifact import load_npz
 
+    weights_out = Path(args.weights_out) if args.weights_out else default_weights_path(args.output)
     problems = []
+    if weights_out.resolve() == Path(args.output).resolve():
+        problems.append("--weights-out must differ from the program path: the weights never go into it")
     if args.direct and (args.calibration or args.error_budget is not None or args.model_error is not None):
         problems.append("--direct compiles without rewrites: --calibration, --error-budget and --model-error do "
                         "not apply")
@@ -83,7 +83,8 @@ def run(args) -> int:
     for a in program.args:
         roles.setdefault(a.role, []).append(a.name)
     print(f"compiled {args.model} -> {args.output} ({config.protocol}, {config.field}, "
-          f"{program.config.fxp_bits} fraction bits, rewrites: {program.rewrites}) in {t['total']:.2f} s (SPU compile {t['spu_compile']:.2f} s)")
+          f"{program.config.fxp_bits} fraction bits, rewrites: {program.rewrites}) in {t['total']:.2f} s "
+          f"(SPU compile {t['spu_compile']:.2f} s)")
     print(f"  user inputs: {', '.join(roles.get('user', [])) or '-'}; public: "
           f"{', '.join(roles.get('public', [])) or '-'}; weights: {len(roles.get('model_owner', []))} tensors, "
           f"{sum(v.size for v in program.weights.values())} values -> {weights_out}")
