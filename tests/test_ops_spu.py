@@ -11,6 +11,8 @@ Tolerances are absolute, per case, and come from SPU's fixed-point arithmetic (t
   the ~50-300 products of a dot product of O(1) values: ~1e-4 worst case; 5e-4. (Seen: 4e-5.)
 - ERF (erf, gelu-erf): exp of -x^2 on [-16, 0] and one reciprocal (4e-4 in the notes) inside a formula whose
   own error is 1.5e-7: 5e-3. (Seen: 6e-4.)
+- Means (ReduceMean, the statistics of a norm, x / n): exact sums, then 1/n applied as (2^s/n) * 2^-s
+  (runtime.fxp_scale); without that, 1/6272 is encoded 1.9% low and the cases with large means fail by 0.2-0.4.
 - NORM (layer/group norm): SPU's rsqrt has ~3e-3 relative error (2.9e-3 max abs measured over 2^16 elements)
   and normalized values are O(1-3): 1e-2. (Seen: 8e-4.)
 - EXP (softmax, attention, gelu-tanh): (1 + x/2^8)^(2^8) for e^x plus the reciprocal; the notes measured 9.4e-3
@@ -110,6 +112,13 @@ CASES = {
     "GroupNormalization_opset21": (dict(op="GroupNormalization", inputs={"x": f32(1, 8, 4, 4)},
                                         weights={"s": f32(8), "b": f32(8)},
                                         attrs={"num_groups": 4, "epsilon": 1e-5}, opset=21), NORM),
+    # Means over thousands of elements far from 0: SPU encodes 1/6272 as 41 units of 2^-18 (1.9% low), which
+    # left GroupNorm's centred values off by ~0.4 here before runtime.fxp_scale (and a spelled-out x / n too).
+    "GroupNormalization_offset_6272": (dict(op="GroupNormalization", inputs={"x": f32(1, 8, 28, 28, lo=9, hi=11)},
+                                            weights={"s": f32(8), "b": f32(8)},
+                                            attrs={"num_groups": 1, "epsilon": 1e-5}, opset=21), NORM),
+    "ReduceMean_offset_6272": (dict(op="ReduceMean", inputs={"x": f32(2, 8, 28, 28, lo=9, hi=11)}, weights={},
+                                    params={"axes": np.array([1, 2, 3], np.int64)}), LINEAR),
     "Softmax_last_axis": (dict(op="Softmax", inputs={"x": f32(2, 3, 16, lo=-4, hi=4)}, weights={}), EXP),
     "Softmax_axis1": (dict(op="Softmax", inputs={"x": f32(2, 5, 3, lo=-4, hi=4)}, weights={},
                            attrs={"axis": 1}), EXP),
@@ -134,3 +143,20 @@ def test_spu_matches_onnxruntime(name):
     assert got.shape == want.shape
     error = float(np.max(np.abs(got - want)))
     assert error <= tolerance, f"SPU vs onnxruntime: max abs error {error:.2e} > {tolerance:.0e}"
+
+
+@pytest.mark.parametrize("op", ["Div", "Mul"])
+def test_spu_scaling_by_a_small_constant(op):
+    """x / 6272 (a spelled-out mean) and x * (1/6272): 1/6272 encoded at 18 bits is 1.9% low; fxp_scale keeps
+    the product accurate to a few units of 2^-18."""
+    x = f32(4, 16, lo=6e4, hi=7e4)
+    n = np.array(6272.0 if op == "Div" else 1 / 6272.0, np.float32)
+    nodes = [helper.make_node("Constant", [], ["n"], value=numpy_helper.from_array(n, "n")),
+             helper.make_node(op, ["x", "n"], ["y"])]
+    graph = helper.make_graph(nodes, op, [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, x.shape)],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, x.shape)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    lowered = compiler.lower(compiler.load_model(model))
+    want = x.astype(np.float64) / 6272.0
+    error = float(np.max(np.abs(run_spu(lowered, {"x": x}) - want)))
+    assert error <= LINEAR, f"max abs error {error:.2e} (a 1.9% low constant gives ~0.2)"

@@ -14,6 +14,7 @@ import numpy as np
 from compiler.interpreter import is_static
 from compiler.ops._common import astype, dtype_of, refuse
 from compiler.registry import register
+from runtime import fxp_scale
 
 
 def _binary(op_type: str, fn):
@@ -34,10 +35,31 @@ def _unary(op_type: str, fn):
     return lower
 
 
+def _constant_factor(a, b) -> float | None:
+    """b's value when a is a traced float tensor and b a static float scalar that does not change a's shape."""
+    if (is_static(a) or not is_static(b) or np.size(b) != 1 or np.ndim(b) > np.ndim(a)
+            or not jnp.issubdtype(dtype_of(a), jnp.floating) or not jnp.issubdtype(dtype_of(b), jnp.floating)
+            or jnp.result_type(a, b) != dtype_of(a)):
+        return None
+    return float(np.reshape(b, ()))
+
+
+def _mul(a, b):
+    # A small constant factor (1/n of a spelled-out mean) needs fxp_scale to stay accurate in fixed point.
+    for x, y in ((a, b), (b, a)):
+        c = _constant_factor(x, y)
+        if c is not None:
+            return fxp_scale.scale(x, c)
+    return jnp.multiply(a, b)
+
+
 def _div(a, b):
     # ONNX Div on integers truncates toward zero (C semantics), unlike jnp's floor division.
     if jnp.issubdtype(jnp.result_type(a, b), jnp.integer):
         return jnp.trunc(jnp.true_divide(a, b)).astype(jnp.result_type(a, b))
+    c = _constant_factor(a, b)
+    if c is not None and c != 0.0:
+        return fxp_scale.scale(a, 1.0 / c)
     return jnp.divide(a, b)
 
 
@@ -73,7 +95,7 @@ def _round(x):
 
 
 for _name, _fn in {
-    "Add": jnp.add, "Sub": jnp.subtract, "Mul": jnp.multiply, "Div": _div,
+    "Add": jnp.add, "Sub": jnp.subtract, "Mul": _mul, "Div": _div,
     "Equal": jnp.equal, "Less": jnp.less, "LessOrEqual": jnp.less_equal, "Greater": jnp.greater,
     "GreaterOrEqual": jnp.greater_equal, "And": jnp.logical_and, "Or": jnp.logical_or, "Xor": jnp.logical_xor,
 }.items():

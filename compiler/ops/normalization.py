@@ -12,13 +12,14 @@ import numpy as np
 
 from compiler.ops._common import dtype_of, normalize_axis, onnx_dtype, refuse
 from compiler.registry import register
+from runtime import fxp_scale
 
 
 def _normalize(x, axes, eps):
     """(x - mean) * rsqrt(var + eps) over ``axes``; also returns mean and the inverse standard deviation."""
-    mean = jnp.mean(x, axis=axes, keepdims=True)
+    mean = fxp_scale.mean(x, axes)
     centered = x - mean
-    var = jnp.mean(centered * centered, axis=axes, keepdims=True)
+    var = fxp_scale.mean(centered * centered, axes)
     inv_std = jax.lax.rsqrt(var + jnp.asarray(eps, dtype_of(x)))
     return centered * inv_std, mean, inv_std
 
@@ -109,7 +110,7 @@ def rms_normalization(ctx):
     axis = normalize_axis(ctx.attr("axis", -1), rank)
     dtype = _compute_dtype(ctx, x)
     xc = x.astype(dtype)
-    mean_square = jnp.mean(xc * xc, axis=tuple(range(axis, rank)), keepdims=True)
+    mean_square = fxp_scale.mean(xc * xc, tuple(range(axis, rank)))
     y = xc * jax.lax.rsqrt(mean_square + jnp.asarray(ctx.attr("epsilon", 1e-5), dtype))
     return (y * scale.astype(dtype)).astype(dtype_of(x))
 

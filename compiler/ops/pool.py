@@ -9,6 +9,7 @@ import numpy as np
 from compiler.ops._common import dtype_of, refuse
 from compiler.ops.conv import conv_pads
 from compiler.registry import register
+from runtime import fxp_scale
 
 
 def _window(ctx, x):
@@ -92,7 +93,7 @@ def lp_pool(ctx):
 @register("GlobalAveragePool")
 def global_average_pool(ctx):
     x = ctx.inputs[0]
-    return jnp.mean(x, axis=tuple(range(2, np.ndim(x))), keepdims=True)
+    return fxp_scale.mean(x, tuple(range(2, np.ndim(x))))
 
 
 @register("GlobalMaxPool")

@@ -11,6 +11,7 @@ import numpy as np
 
 from compiler.ops._common import dtype_of, normalize_axes
 from compiler.registry import register
+from runtime import fxp_scale
 
 
 def _sum(x, axes):
@@ -18,7 +19,7 @@ def _sum(x, axes):
 
 
 def _mean(x, axes):
-    return jnp.mean(x, axis=axes, keepdims=True).astype(dtype_of(x))
+    return fxp_scale.mean(x, axes).astype(dtype_of(x))
 
 
 def _extreme(fn, empty_value):

@@ -294,9 +294,8 @@ class JaxBackend(Backend):
     def reduce_sum(self, x, axis): return self.jnp.sum(x, axis=axis, keepdims=True)
 
     def mean(self, x, axis):
-        axes = axis if isinstance(axis, tuple) else (axis,)
-        count = int(np.prod([x.shape[a] for a in axes]))
-        return self.jnp.sum(x, axis=axis, keepdims=True) * self._c(1.0 / count, x)
+        from runtime import fxp_scale
+        return fxp_scale.mean(x, axis)
 
     def native(self, fn, x):
         import jax
@@ -742,9 +741,11 @@ class CostBackend(Backend):
         return Sym(self._reduced(x, axis)[0], x.public)
 
     def mean(self, x, axis):
-        out = Sym(self._reduced(x, axis)[0], x.public)
+        from runtime import fxp_scale
+        shape, count = self._reduced(x, axis)
+        out = Sym(shape, x.public)
         if not x.public:
-            self._charge("trunc", out.size)
+            self._charge("trunc", out.size * fxp_scale.truncations(1.0 / max(count, 1)))
         return out
 
     def native(self, fn, x):
