@@ -95,11 +95,15 @@ def rewrite_for_mpc(model: onnx.ModelProto, config: SecureConfig, mode: str = "c
         raise CompileError(f"unknown rewrite mode '{mode}'", [f"choose one of {', '.join(REWRITE_MODES)}"])
     if mode == "direct":
         return RewriteResult(model, direct_report(model, set(public)), config)
+    fixed_point_note = {}
+    if auto_fraction_bits:
+        # First: the protocol choice depends on how precise SPU's run of each protocol is at these bits.
+        config = _with_fraction_bits(config, model, calibration, fixed_point_note, set(public))
     result = rewrite(model, public_inputs=set(public), calibration=calibration,
                      budget=DEFAULT_BUDGET if budget is None else budget, calibration_source=calibration_source,
-                     model_error=DEFAULT_MODEL_ERROR if model_error is None else model_error)
-    if auto_fraction_bits:
-        config = _with_fraction_bits(config, model, calibration, result.report, set(public))
+                     model_error=DEFAULT_MODEL_ERROR if model_error is None else model_error,
+                     fraction_bits=int(config.fxp_bits))
+    result.report.update(fixed_point_note)
     if result.knobs.runtime:
         config = config.with_runtime(**result.knobs.runtime)
     if result.knobs.compiler:

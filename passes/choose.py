@@ -102,11 +102,12 @@ def _sample_inputs(op: str, shape: tuple, attrs: dict, stats: TensorStats | None
     return sets
 
 
-def measure(protocol: protocols.Protocol, op: str, sample_sets: list[tuple], kwargs: dict) -> dict:
+def measure(protocol: protocols.Protocol, op: str, sample_sets: list[tuple], kwargs: dict,
+            fraction_bits: int | None = None) -> dict:
     """Max and mean error on the samples: the float64 emulation's error, plus the deviation between SPU's
-    fixed-point run and the emulation that was measured for this protocol (SPU knobs such as the lower-accuracy
-    rsqrt change results only inside SPU, where the emulation cannot see them)."""
-    fixed_point = float((getattr(protocol, "measured", None) or {}).get("spu_vs_emulation", 0.0))
+    fixed-point run and the emulation that was measured for this protocol at the program's fraction bits (SPU
+    knobs such as the lower-accuracy rsqrt change results only inside SPU, where the emulation cannot see them)."""
+    fixed_point = protocol.spu_deviation(fraction_bits) if hasattr(protocol, "spu_deviation") else 0.0
     worst, total, count = 0.0, 0.0, 0
     for inputs in sample_sets:
         err = protocol.error(*inputs, **kwargs)
@@ -118,7 +119,8 @@ def measure(protocol: protocols.Protocol, op: str, sample_sets: list[tuple], kwa
 
 
 def choose(op: str, shape: tuple, attrs: dict, stats: TensorStats | None, budget: float,
-           extra_inputs: list[np.ndarray], knobs_in_use: protocols.SpuKnobs) -> Choice:
+           extra_inputs: list[np.ndarray], knobs_in_use: protocols.SpuKnobs,
+           fraction_bits: int | None = None) -> Choice:
     interval = interval_for(op, stats, attrs)
     kwargs = op_kwargs(op, attrs)
     cost_kw = {k: v for k, v in kwargs.items() if k in ("num_groups", "axis")}
@@ -145,7 +147,7 @@ def choose(op: str, shape: tuple, attrs: dict, stats: TensorStats | None, budget
             candidate = op_module(op).specialize(candidate, stats.cases, attrs.get("axis", -1))
             if candidate is None:
                 continue  # the rows' max - mean is too large for a shift without the max
-        error = measure(candidate, op, sample_sets, kwargs)
+        error = measure(candidate, op, sample_sets, kwargs, fraction_bits)
         if error["max"] <= budget:
             return Choice(candidate, interval, error, best_rejected)
         if best_rejected is None or error["max"] < best_rejected[1]:
@@ -156,7 +158,7 @@ def choose(op: str, shape: tuple, attrs: dict, stats: TensorStats | None, budget
         reason = (f"no protocol cheaper than SPU's own expression meets the error budget {budget:g} on "
                   f"[{interval[0]:.4g}, {interval[1]:.4g}] (closest: {best_rejected[0]} with max error "
                   f"{best_rejected[1]:.3g})")
-    return Choice(None, interval, measure(direct, op, sample_sets, kwargs), best_rejected, reason)
+    return Choice(None, interval, measure(direct, op, sample_sets, kwargs, fraction_bits), best_rejected, reason)
 
 
 def error_curve(protocol: protocols.Protocol, op: str, interval, attrs: dict, points: int = 96) -> list[list[float]]:

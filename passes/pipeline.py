@@ -35,13 +35,14 @@ class PassResult:
 
 def rewrite(model: onnx.ModelProto, *, public_inputs=frozenset(), calibration: list[dict] | None = None,
             budget: float = DEFAULT_BUDGET, calibration_source: str | None = None,
-            model_error: float | None = DEFAULT_MODEL_ERROR) -> PassResult:
+            model_error: float | None = DEFAULT_MODEL_ERROR, fraction_bits: int | None = None) -> PassResult:
     """Rewrite every expensive nonlinear subgraph of ``model`` into the cheapest protocol within ``budget``.
 
     ``calibration`` is a list of input dicts (one per case); without it conservative ranges are used. With it and
     ``model_error`` (max abs output error / output std), the rewritten graph is checked against the float model
     on the calibration cases and the budgets of the nodes that cause too large an error are tightened
-    (passes/model_check.py).
+    (passes/model_check.py). ``fraction_bits``: the program's fixed-point precision, which sets how far SPU's
+    run of each protocol strays from its float emulation (measured per protocol at 18 and 22 bits).
     """
     original = model
     model, attention_declined = expand_attention(_at_least_opset_18(model))
@@ -56,7 +57,7 @@ def rewrite(model: onnx.ModelProto, *, public_inputs=frozenset(), calibration: l
         cases = model_check.pick_cases(calibration)
         reference = model_check.run(original, cases)
     while True:
-        chosen = _choose_all(canon, stats, budgets, expanded_from)
+        chosen = _choose_all(canon, stats, budgets, expanded_from, fraction_bits)
         if not checking:
             break
         per_case = model_check.case_errors(model_check.run(chosen.model, cases), reference)
@@ -120,7 +121,8 @@ class _Chosen:
         return out
 
 
-def _choose_all(canon, stats: dict[str, TensorStats], budgets: dict[str, float], expanded_from: dict) -> _Chosen:
+def _choose_all(canon, stats: dict[str, TensorStats], budgets: dict[str, float], expanded_from: dict,
+                fraction_bits: int | None = None) -> _Chosen:
     """``budgets``: the error budget of every canonical node, keyed by its output name."""
     view = GraphView(canon.model)
     knobs = protocols.SpuKnobs()
@@ -133,7 +135,8 @@ def _choose_all(canon, stats: dict[str, TensorStats], budgets: dict[str, float],
         shape = view.shape(node.input[0])
         extra = [_value(view, name) for name in node.input[1:]]
         key = node.output[0]
-        choice = choose(op, shape, entry.attrs, stats.get(node.input[0]), budgets[key], extra, knobs)
+        choice = choose(op, shape, entry.attrs, stats.get(node.input[0]), budgets[key], extra, knobs,
+                        fraction_bits)
         direct = protocols.direct(op, **_gelu_kw(op, entry.attrs))
         cost_kw = {k: entry.attrs[k] for k in ("num_groups", "axis") if k in entry.attrs}
         before = direct.cost(shape, **cost_kw)

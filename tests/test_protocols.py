@@ -542,3 +542,30 @@ def test_rewritten_fixture_runs_in_onnxruntime_and_lowers_the_same(fixture):
     for w, a, b in zip(want, got_ort, got_jax):
         np.testing.assert_allclose(b, a, atol=2e-5)
         assert np.max(np.abs(a - w)) <= 1e-2 * np.std(w)
+
+
+def test_spu_deviation_is_taken_at_the_most_fraction_bits_measured_up_to_the_programs(monkeypatch):
+    p = base.variants("silu")[0]
+    measured = {"spu_vs_emulation": 3e-4, "by_fraction_bits": {"18": {"spu_vs_emulation": 3e-4},
+                                                               "22": {"spu_vs_emulation": 2e-5}}}
+    monkeypatch.setattr(type(p), "measured", property(lambda self: measured))
+    assert p.spu_deviation(22) == 2e-5
+    assert p.spu_deviation(24) == 2e-5
+    assert p.spu_deviation(20) == 3e-4
+    assert p.spu_deviation(None) == 3e-4
+    assert p.spu_deviation(16) == 3e-4      # nothing measured that coarse: the default setting's value
+
+
+def test_measurements_at_other_fraction_bits_add_accuracy_and_keep_costs():
+    from tools.measure_protocols import merge_measurements
+    old = [{"protocol": "a", "bytes": 100, "spu_vs_emulation": 3e-4, "spu_max_error": 4e-4,
+            "by_fraction_bits": {"18": {"spu_vs_emulation": 3e-4, "spu_max_error": 4e-4}}},
+           {"protocol": "gone", "bytes": 1}]
+    row = {"protocol": "a", "bytes": 999, "spu_vs_emulation": 2e-5, "spu_max_error": 1e-4, "fraction_bits": 22}
+    merged = merge_measurements(old, [row], {"a"})
+    assert [m["protocol"] for m in merged] == ["a"]
+    assert merged[0]["bytes"] == 100 and merged[0]["spu_vs_emulation"] == 3e-4
+    assert merged[0]["by_fraction_bits"] == {"18": {"spu_vs_emulation": 3e-4, "spu_max_error": 4e-4},
+                                             "22": {"spu_vs_emulation": 2e-5, "spu_max_error": 1e-4}}
+    again = merge_measurements(merged, [{**row, "bytes": 120, "fraction_bits": 18}], {"a"})
+    assert again[0]["bytes"] == 120 and again[0]["by_fraction_bits"]["22"]["spu_vs_emulation"] == 2e-5

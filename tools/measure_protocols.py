@@ -29,11 +29,15 @@ ELEMENTS = 1 << 16
 PRIMITIVE_ELEMENTS = 1 << 14
 
 
-def _profile(fn, args, knobs=None, visibilities=None):
+COST_BITS = 18   # costs do not depend on the fraction bits; accuracy does, and is also measured at other bits
+
+
+def _profile(fn, args, knobs=None, visibilities=None, fraction_bits: int = COST_BITS):
     from runtime.spu_config import SecureConfig
     from runtime.spu_profile import profile_run
     knobs = knobs or {}
-    config = SecureConfig(runtime=dict(knobs.get("runtime", {})), compiler=dict(knobs.get("compiler", {})))
+    config = SecureConfig(runtime=dict(knobs.get("runtime", {})), compiler=dict(knobs.get("compiler", {})),
+                          fxp_bits=fraction_bits)
     return profile_run(fn, [np.asarray(a, np.float32) for a in args], visibilities, config)
 
 
@@ -198,9 +202,9 @@ def measurement_inputs(p):
     return [mod.samples(interval, ELEMENTS)[0]], {}
 
 
-def measure_protocol(p) -> dict:
+def measure_protocol(p, fraction_bits: int = COST_BITS) -> dict:
     inputs, kw = measurement_inputs(p)
-    r = _profile(lambda *a: p.jax_fn(*a, **kw), inputs, p.knobs.to_json())
+    r = _profile(lambda *a: p.jax_fn(*a, **kw), inputs, p.knobs.to_json(), fraction_bits=fraction_bits)
     got = r.outputs[0].astype(np.float64)
     want = p.reference(*inputs, **kw)
     emulated = p.numpy_fn(*inputs, **kw)
@@ -214,8 +218,24 @@ def measure_protocol(p) -> dict:
         "spu_max_error": float(f"{np.max(np.abs(got - want)):.4g}"),
         "emulated_max_error": float(f"{np.max(np.abs(emulated - want)):.4g}"),
         "spu_vs_emulation": float(f"{np.max(np.abs(got - emulated)):.4g}"),
-        "wall_time": round(r.wall_time, 3),
+        "wall_time": round(r.wall_time, 3), "fraction_bits": fraction_bits,
     }
+
+
+def merge_measurements(old: list[dict], rows: list[dict], names: set[str]) -> list[dict]:
+    """Rows at the cost setting replace a variant's entry; rows at other fraction bits only add their accuracy
+    under ``by_fraction_bits`` (bytes and rounds do not depend on the bits)."""
+    merged = {m["protocol"]: m for m in old}
+    for row in rows:
+        bits = row.pop("fraction_bits")
+        accuracy = {k: row[k] for k in ("spu_max_error", "spu_vs_emulation")}
+        previous = merged.get(row["protocol"], {})
+        by_bits = {**previous.get("by_fraction_bits", {}), str(bits): accuracy}
+        if bits == COST_BITS or not previous:
+            merged[row["protocol"]] = {**row, "by_fraction_bits": by_bits}
+        else:
+            merged[row["protocol"]] = {**previous, "by_fraction_bits": by_bits}
+    return [merged[k] for k in sorted(merged) if k in names]
 
 
 def print_table(rows: list[dict], file=sys.stdout) -> None:
@@ -240,6 +260,9 @@ def main(argv=None) -> int:
     parser.add_argument("--natives", action="store_true", help="measure SPU's natives under the knobs variants use")
     parser.add_argument("--no-write", action="store_true", help="print, do not update costs.json")
     parser.add_argument("--table", action="store_true", help="print the stored measurements as Markdown; run nothing")
+    parser.add_argument("--fxp-bits", type=int, default=COST_BITS,
+                        help=f"fraction bits of the variant runs (default {COST_BITS}, the cost setting); other "
+                             "values add only the variants' accuracy at those bits")
     args = parser.parse_args(argv)
     if args.table:
         from runtime.protocols.cost_model import COSTS_PATH as path
@@ -249,14 +272,15 @@ def main(argv=None) -> int:
     from runtime.protocols import base
     from runtime.protocols.cost_model import COSTS_PATH, reload_table
     data = json.loads(COSTS_PATH.read_text()) if COSTS_PATH.exists() else {}
-    everything = not (args.primitives or args.natives or args.only)
+    # At other fraction bits only the variants' accuracy is new: costs stay those measured at COST_BITS.
+    everything = not (args.primitives or args.natives or args.only) and args.fxp_bits == COST_BITS
     started = time.perf_counter()
 
     def save():
         if args.no_write:
             return
         data["generated_by"] = "python -m tools.measure_protocols"
-        data["setting"] = {"spu": _spu_version(), "protocol": "ABY3", "field": "FM64", "fxp_bits": 18,
+        data["setting"] = {"spu": _spu_version(), "protocol": "ABY3", "field": "FM64", "fxp_bits": COST_BITS,
                            "note": "3-party send bytes; rounds = largest per-party send actions"}
         data["date"] = datetime.date.today().isoformat()
         COSTS_PATH.parent.mkdir(parents=True, exist_ok=True)
@@ -283,19 +307,17 @@ def main(argv=None) -> int:
                   f"{m['rounds']:3d} r  err {m['max_abs_error']:.2e}")
         data["natives"] = natives
         save()
-    if args.only or everything:
+    if args.only or everything or args.fxp_bits != COST_BITS:
         wanted = None if not args.only else {w.strip() for w in args.only.split(",") if w.strip()}
         rows = []
         for p in base.all_protocols():
             if wanted and p.op not in wanted and p.name not in wanted:
                 continue
-            rows.append(measure_protocol(p))
+            rows.append(measure_protocol(p, args.fxp_bits))
             print_table(rows[-1:], file=sys.stderr)
         print_table(rows)
-        old = {m["protocol"]: m for m in data.get("measurements", [])}
-        old.update({m["protocol"]: m for m in rows})
-        names = {p.name for p in base.all_protocols()}
-        data["measurements"] = [old[k] for k in sorted(old) if k in names]
+        data["measurements"] = merge_measurements(data.get("measurements", []), rows,
+                                                  {p.name for p in base.all_protocols()})
         save()
     print(f"done in {time.perf_counter() - started:.0f} s")
     return 0

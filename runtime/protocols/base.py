@@ -231,6 +231,16 @@ class Protocol:
                 return m
         return None
 
+    def spu_deviation(self, fraction_bits: int | None = None) -> float:
+        """Max |SPU's output - the float emulation| as measured, at the most fraction bits measured that do not
+        exceed ``fraction_bits`` (fixed-point rounding shrinks with more bits); SPU's default 18 otherwise."""
+        m = self.measured or {}
+        by_bits = m.get("by_fraction_bits", {})
+        usable = [int(b) for b in by_bits if fraction_bits is not None and int(b) <= fraction_bits]
+        if usable:
+            return float(by_bits[str(max(usable))]["spu_vs_emulation"])
+        return float(m.get("spu_vs_emulation", 0.0))
+
     def covers(self, low: float, high: float) -> bool:
         """Whether inputs in [low, high] keep the output sane (no wrap-around or divergence)."""
         return self.sane[0] <= low and high <= self.sane[1]

@@ -50,6 +50,10 @@ FIT_SPECS = [
     {"calibrated": 3, "bound": 5, "degree": 4},
     {"calibrated": 4, "bound": 6, "degree": 4},
     {"calibrated": 5, "bound": 7, "degree": 5},
+    # between the calibrated d5 (2e-3) and the full-range d9 (5e-4): activations after a GroupNorm mostly stay
+    # within +-6, where budgets tightened by the whole-model check sit around 5e-4..1e-3
+    {"calibrated": 5, "bound": 7, "degree": 7},
+    {"calibrated": 6, "bound": 8, "degree": 7},
 ]
 
 
