@@ -74,7 +74,7 @@ def rewrite(model: onnx.ModelProto, *, public_inputs=frozenset(), calibration: l
                 for key in chosen.rewritten_keys()}
         attempt.worst = [{"node": chosen.names[k], "op": chosen.op_of[k], "error": e}
                          for k, e in sorted(solo.items(), key=lambda kv: -kv[1])[:model_check.REPORTED_NODES]]
-        budgets = model_check.tightened(budgets, solo, model_error, chosen.errors)
+        budgets = model_check.tightened(budgets, solo, model_error, chosen.errors, error)
     report = empty_report("cipherdm")
     report["budget"] = budget
     report["budgets"] = _budgets_by_op(budgets, chosen.op_of, budget)
@@ -168,6 +168,7 @@ def _choose_all(canon, stats: dict[str, TensorStats], budgets: dict[str, float],
             "est_bytes_before": float(before.bytes), "est_bytes_after": float(after.bytes),
             "est_rounds_before": float(before.rounds), "est_rounds_after": float(after.rounds),
             "curve": error_curve(chosen, op, choice.interval, entry.attrs),
+            **({"note": choice.reason} if choice.reason else {}),
         })
     out = _replace_nodes(canon.model, replacements)
     protocols.add_functions(out, used)

@@ -77,6 +77,10 @@ def render_markdown(report: dict) -> str:
         out.append(f"| {r['pattern']} | {nodes} | {r['protocol']} | [{lo:.3g}, {hi:.3g}] | {r['error_max']:.2e} | "
                    f"{r['error_mean']:.2e} | {_mib(r['est_bytes_before'])} | {_mib(r['est_bytes_after'])} | "
                    f"{r['est_rounds_before']:g} | {r['est_rounds_after']:g} |")
+    missed = [r for r in report["rewrites"] if r.get("note")]
+    if missed:
+        out += ["", "Budget missed (the closest protocol, more accurate and cheaper than SPU's own expression):", ""]
+        out += [f"- {r['pattern']} {r['node']}: {r['note']}" for r in missed]
     out += ["", "## Declined", "", "| pattern | nodes | reason |", "|---|---|---|"]
     for d in report["declined"]:
         out.append(f"| {d['pattern']} | {', '.join(d['nodes'][:4])} | {d['reason']} |")
