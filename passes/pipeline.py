@@ -18,6 +18,7 @@ from passes.canonicalize import canonicalize
 from passes.choose import choose, error_curve
 from passes.cost import estimate_model
 from passes.expand_attention import EXPANDED_FROM, expand_attention
+from passes.fuse_attention import fuse_attention
 from passes import model_check
 from passes.graph_view import GraphView
 from passes.model_check import DEFAULT_MODEL_ERROR
@@ -81,11 +82,11 @@ def rewrite(model: onnx.ModelProto, *, public_inputs=frozenset(), calibration: l
     report["model_check"] = _model_check_note(attempts, model_error, calibration, checking,
                                               len(cases) if checking else 0)
     report["declined"] = [d.to_json() for d in attention_declined + canon.declined] + chosen.declined
+    out = fuse_attention(chosen.model, chosen.rewrites, GraphView(chosen.model).shape)
     report["rewrites"] = chosen.rewrites
     report["calibration"] = _calibration_note(calibration, calibration_source)
     report["knobs"] = chosen.knobs.to_json()
     add_totals(report)
-    out = chosen.model
     # Whole-model estimates (passes/cost.py): the model as given under SPU's defaults, and the rewritten one.
     report["model_estimate"] = {
         mode: {key: est["totals"][key] for key in ("bytes", "rounds")}

@@ -12,6 +12,7 @@ import onnxruntime as ort
 import pytest
 
 import compiler
+from compiler.interpreter import attribute_dict
 from passes.pipeline import direct_report, rewrite
 from runtime import protocols
 from passes.report import render_html, render_markdown
@@ -114,6 +115,25 @@ def test_whole_model_check_tightens_budgets_until_the_output_error_is_met():
     assert 0 < len(tightened) + kept_direct < len(budgets) + kept_direct
     assert check["attempts"][-1]["tightened_nodes"] == len(tightened) + kept_direct
     assert "Whole-model check" in render_markdown(checked.report)
+
+
+def test_attention_is_normalised_after_the_value_matmul():
+    """softmax(S) @ V -> (e @ V) * 1/rowsum(e): the softmax protocol stops at e, one multiply per output element
+    instead of per score; exact in real arithmetic, so the graph's output error is the check's."""
+    model, inputs = _fixture("unet2d_attn.ts17")
+    result = rewrite(model, public_inputs={"timestep"}, calibration=[inputs], budget=1e-2, model_error=1e-2)
+    fused = [r for r in result.report["rewrites"] if r["op"] == "softmax"]
+    assert fused and all(r["fusion"].startswith("normalised after the value MatMul") for r in fused)
+    nodes = {n.name: n for n in result.model.graph.node if n.domain == "cipherdm"}
+    for r in fused:
+        protocol = protocols.from_onnx_attributes(attribute_dict(nodes[r["node"]]), op="softmax")
+        assert protocol.params["normalize"] is False and r["protocol"] == protocol.name
+        whole = protocols.get(protocol.name.split("@")[0])
+        assert r["est_bytes_after"] < whole.cost(r["shape"], axis=-1).bytes
+    ops = [n.op_type for n in result.model.graph.node]
+    assert ops.count("Reciprocal") >= len(fused) and ops.count("ReduceSum") >= len(fused)
+    check = result.report["model_check"]
+    assert _model_error(model, result.model, inputs) <= max(check["error"] * 1.001, 1e-6)
 
 
 def test_impossible_budget_takes_the_most_accurate_option_and_says_why():

@@ -116,6 +116,8 @@ def softmax_max(bk, protocol, inputs, axis=-1, **kw):
     x = inputs[0]
     shifted = bk.sub(x, bk.reduce_max(x, axis))
     e = exp_square_eval(bk, protocol.params["exp"], shifted)
+    if not protocol.params.get("normalize", True):
+        return e   # normalised after the value MatMul (passes/fuse_attention.py)
     total = bk.reduce_sum(e, axis)                   # >= 1: the row maximum contributes exactly 1
     return bk.mul(e, bk.native("reciprocal", total))  # one reciprocal per row, one multiply per element
 
@@ -131,6 +133,8 @@ def softmax_shift(bk, protocol, inputs, axis=-1, **kw):
     # above 0 (positive and increasing, so still a distribution) instead of a second comparison per element.
     saturate = protocol.params.get("clip", "both") == "both"
     e = exp_square_eval(bk, protocol.params["exp"], shifted, saturate=saturate)
+    if not protocol.params.get("normalize", True):
+        return e   # normalised after the value MatMul (passes/fuse_attention.py)
     total = bk.reduce_sum(e, axis)
     return bk.mul(e, bk.native("reciprocal", total))
 
