@@ -24,6 +24,7 @@ import onnx
 from compiler.errors import CipherdmError
 from compiler.lowering import LoweredModel, TensorSpec, is_weight, lower
 from passes.public import public_initializers
+from runtime import fxp_scale
 from runtime.spu_config import SecureConfig, compiler_options
 
 USER, PUBLIC, MODEL_OWNER = "user", "public", "model_owner"
@@ -99,10 +100,11 @@ def rewrite_for_mpc(model: onnx.ModelProto, config: SecureConfig, mode: str = "c
     if auto_fraction_bits:
         # First: the protocol choice depends on how precise SPU's run of each protocol is at these bits.
         config = _with_fraction_bits(config, model, calibration, fixed_point_note, set(public))
-    result = rewrite(model, public_inputs=set(public), calibration=calibration,
-                     budget=DEFAULT_BUDGET if budget is None else budget, calibration_source=calibration_source,
-                     model_error=DEFAULT_MODEL_ERROR if model_error is None else model_error,
-                     fraction_bits=int(config.fxp_bits))
+    with fxp_scale.fraction_bits(config.fxp_bits):   # the cost model counts the means' truncations at these bits
+        result = rewrite(model, public_inputs=set(public), calibration=calibration,
+                         budget=DEFAULT_BUDGET if budget is None else budget, calibration_source=calibration_source,
+                         model_error=DEFAULT_MODEL_ERROR if model_error is None else model_error,
+                         fraction_bits=int(config.fxp_bits))
     result.report.update(fixed_point_note)
     if result.knobs.runtime:
         config = config.with_runtime(**result.knobs.runtime)
@@ -255,9 +257,10 @@ def compile_model(model: onnx.ModelProto | str, *, input_shapes=None, public=(),
     t = time.perf_counter()
     # Architecture constants of the public computation (the timestep frequency table) stay public.
     constants = public_initializers(rewritten.model, set(public))
-    lowered = lower(rewritten.model, public_initializers=constants)
-    args = arg_roles(lowered, list(public))
-    text = stablehlo_text(lowered)
+    with fxp_scale.fraction_bits(config.fxp_bits):
+        lowered = lower(rewritten.model, public_initializers=constants)
+        args = arg_roles(lowered, list(public))
+        text = stablehlo_text(lowered)
     timings["lower"] = time.perf_counter() - t
 
     t = time.perf_counter()

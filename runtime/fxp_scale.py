@@ -13,12 +13,32 @@ costs one truncation of the (already reduced) result.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 
 import numpy as np
 
-# 2^-8 is exact for any f >= 8; larger shifts are applied in steps of 8 bits.
+# 2^-s is exact in fixed point when s <= f. Where the program's f is not known (a plain trace), shifts go in steps
+# of 8 bits (exact for any f >= 8); a compile traces under fraction_bits(f), which takes the whole shift in one
+# dot (one truncation, two rounds) whenever s <= f.
 _STEP_BITS = 8
+_FRACTION_BITS: contextvars.ContextVar[int | None] = contextvars.ContextVar("cipherdm_fxp_bits", default=None)
+
+
+@contextlib.contextmanager
+def fraction_bits(bits: int | None):
+    """Trace under this: the program runs with ``bits`` fraction bits."""
+    token = _FRACTION_BITS.set(None if bits is None else int(bits))
+    try:
+        yield
+    finally:
+        _FRACTION_BITS.reset(token)
+
+
+def _step_bits(bits: int | None = None) -> int:
+    bits = _FRACTION_BITS.get() if bits is None else bits
+    return _STEP_BITS if bits is None else max(1, int(bits))
 # Constants at least this large lose at most 2^-f / 2^-4 relatively; not worth a truncation.
 _SPLIT_BELOW = 2.0 ** -4
 
@@ -30,9 +50,10 @@ def _shift(c: float) -> int:
     return math.ceil(-math.log2(abs(c)))
 
 
-def truncations(c: float) -> int:
-    """Fixed-point truncations scale(x, c) costs on a secret x (for the cost model)."""
-    return 1 + math.ceil(_shift(c) / _STEP_BITS)
+def truncations(c: float, bits: int | None = None) -> int:
+    """Fixed-point truncations scale(x, c) costs on a secret x (for the cost model), at ``bits`` fraction bits
+    (default: those being traced under, else the 8-bit steps)."""
+    return 1 + math.ceil(_shift(c) / _step_bits(bits))
 
 
 def scale(x, c: float):
@@ -46,7 +67,7 @@ def scale(x, c: float):
         return x * np.asarray(c, dtype)
     y = x * np.asarray(c * 2.0 ** shift, dtype)
     while shift > 0:
-        step = min(shift, _STEP_BITS)
+        step = min(shift, _step_bits())
         column = jnp.expand_dims(y, -1)
         y = (column @ np.full((1, 1), 2.0 ** -step, dtype))[..., 0]
         shift -= step

@@ -434,13 +434,15 @@ def build_step_program(artifact, signature: UNetSignature, layout: str, noise: b
     import jax
 
     from compiler.spu_compile import compile_stablehlo
+    from runtime import fxp_scale
 
     if loop not in LOOPS:
         raise SamplerError(f"unknown loop '{loop}' (choose {' or '.join(LOOPS)})")
     start = time.perf_counter()
-    fn, specs = step_function(artifact, signature, layout, noise, steps_per_run, loop)
-    shape_specs = [jax.ShapeDtypeStruct(shape, dtype) for _, shape, dtype, _ in specs]
-    text = jax.jit(fn, keep_unused=True).lower(*shape_specs).as_text()
+    with fxp_scale.fraction_bits(artifact.config.fxp_bits):
+        fn, specs = step_function(artifact, signature, layout, noise, steps_per_run, loop)
+        shape_specs = [jax.ShapeDtypeStruct(shape, dtype) for _, shape, dtype, _ in specs]
+        text = jax.jit(fn, keep_unused=True).lower(*shape_specs).as_text()
     lower_time = time.perf_counter() - start
     args = [ArgSpec(name, tuple(shape), np.dtype(dtype).name, np.dtype(dtype).name, role)
             for name, shape, dtype, role in specs]

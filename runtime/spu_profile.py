@@ -380,7 +380,9 @@ def compile_jax(fn: Callable, args: Sequence, visibilities: Sequence, config=Non
 
     config = config or SecureConfig()
     specs = [jax.ShapeDtypeStruct(np.shape(a), jax.dtypes.canonicalize_dtype(np.asarray(a).dtype)) for a in args]
-    lowered = jax.jit(fn, keep_unused=True).lower(*specs)
+    from runtime import fxp_scale
+    with fxp_scale.fraction_bits(config.fxp_bits):
+        lowered = jax.jit(fn, keep_unused=True).lower(*specs)
     out_tree = jax.tree_util.tree_structure(lowered.out_info)
     n_out = out_tree.num_leaves
     src = libspu.CompilationSource(libspu.SourceIRType.STABLEHLO, lowered.as_text(),

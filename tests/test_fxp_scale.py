@@ -24,7 +24,14 @@ def test_small_constants_go_through_an_exact_power_of_two_dot():
     assert "dot_general" in text
     assert "dot_general" not in jax.jit(lambda v: fxp_scale.scale(v, 0.5)).lower(np.ones(3, np.float32)).as_text()
     assert fxp_scale.truncations(0.5) == 1
-    assert fxp_scale.truncations(1 / 6272) == 3      # 2^13 / 6272, then 2^-8 and 2^-5
+    assert fxp_scale.truncations(1 / 6272) == 3      # 2^13 / 6272, then 2^-8 and 2^-5 (f unknown)
+    assert fxp_scale.truncations(1 / 6272, bits=18) == 2    # 2^-13 is exact at 18 bits: one dot
+    with fxp_scale.fraction_bits(18):
+        assert fxp_scale.truncations(1 / 6272) == 2
+        text = jax.jit(lambda v: fxp_scale.scale(v, 1 / 6272)).lower(np.ones((2, 3), np.float32)).as_text()
+        assert text.count("dot_general") == 1
+    with fxp_scale.fraction_bits(10):
+        assert fxp_scale.truncations(1 / 6272) == 3     # 2^-10 then 2^-3
 
 
 @pytest.mark.parametrize("axis", [-1, (1, 2), 0])

@@ -36,6 +36,7 @@ spu_api = pytest.importorskip("spu.api")
 from spu import libspu  # noqa: E402
 from spu.utils.simulation import Simulator  # noqa: E402
 
+from runtime import fxp_scale  # noqa: E402
 from runtime.spu_config import SecureConfig, compiler_options, runtime_config  # noqa: E402
 
 _RNG = np.random.default_rng(7)
@@ -68,7 +69,8 @@ def one_node(op, inputs: dict, weights: dict, attrs=None, params=None, order=Non
 def run_spu(lowered, inputs: dict) -> np.ndarray:
     config = SecureConfig()
     # keep_unused: SPU maps arguments by position.
-    text = jax.jit(lowered.fn, keep_unused=True).lower(*lowered.arg_specs()).as_text()
+    with fxp_scale.fraction_bits(config.fxp_bits):   # as compile_model traces
+        text = jax.jit(lowered.fn, keep_unused=True).lower(*lowered.arg_specs()).as_text()
     assert "chlo." not in text
     args = lowered.args(inputs)
     source = libspu.CompilationSource(libspu.SourceIRType.STABLEHLO, text,
