@@ -92,11 +92,11 @@ def fuse_attention(model: onnx.ModelProto, rewrites: list[dict], shape_of) -> on
         return model
     out_model = onnx.ModelProto()
     out_model.CopyFrom(model)
-    replaced = {id(old): new for old, new in new_nodes}
+    replaced = {old.output[0]: new for old, new in new_nodes}   # protobuf may wrap a node anew on each access
     nodes = []
     for node in model.graph.node:
-        if id(node) in replaced:
-            nodes.append(replaced[id(node)])
+        if node.domain == protocols.DOMAIN and node.output[0] in replaced:
+            nodes.append(replaced[node.output[0]])
         elif node.op_type == "MatMul" and node.output[0] in fused_matmuls:
             nodes.extend(fused_matmuls[node.output[0]])
         else:
