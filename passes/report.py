@@ -77,6 +77,10 @@ def render_markdown(report: dict) -> str:
         out.append(f"| {r['pattern']} | {nodes} | {r['protocol']} | [{lo:.3g}, {hi:.3g}] | {r['error_max']:.2e} | "
                    f"{r['error_mean']:.2e} | {_mib(r['est_bytes_before'])} | {_mib(r['est_bytes_after'])} | "
                    f"{r['est_rounds_before']:g} | {r['est_rounds_after']:g} |")
+    fused = [r for r in report["rewrites"] if r.get("fusion", "").startswith("normalised")]
+    if fused:
+        out += ["", f"Attention normalised after the value MatMul ((e @ V) / rowsum(e)): {len(fused)} softmax "
+                    "node(s): " + ", ".join(r["node"] for r in fused)]
     missed = [r for r in report["rewrites"] if r.get("note")]
     if missed:
         out += ["", "Budget missed (the closest protocol, more accurate and cheaper than SPU's own expression):", ""]

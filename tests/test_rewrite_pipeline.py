@@ -134,6 +134,7 @@ def test_attention_is_normalised_after_the_value_matmul():
     assert ops.count("Reciprocal") >= len(fused) and ops.count("ReduceSum") >= len(fused)
     check = result.report["model_check"]
     assert _model_error(model, result.model, inputs) <= max(check["error"] * 1.001, 1e-6)
+    assert "Attention normalised after the value MatMul" in render_markdown(result.report)
 
 
 def test_impossible_budget_takes_the_most_accurate_option_and_says_why():
