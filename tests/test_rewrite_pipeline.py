@@ -103,7 +103,9 @@ def test_whole_model_check_tightens_budgets_until_the_output_error_is_met():
     assert check["checked"] and check["met"] and len(check["attempts"]) >= 2
     # independent: onnxruntime on the original and on the rewritten graph
     assert _model_error(model, checked.model, inputs) <= target
-    assert check["attempts"][0]["error"] == pytest.approx(loose_error, rel=1e-6, abs=1e-9)
+    # the attempts are measured before attention is normalised after the value MatMul (exact in real arithmetic,
+    # float32 rounding differs in the 6th digit)
+    assert check["attempts"][0]["error"] == pytest.approx(loose_error, rel=1e-4, abs=1e-9)
     first = check["attempts"][0]
     errors = [w["error"] for w in first["worst_nodes"]]
     assert errors and errors == sorted(errors, reverse=True)
