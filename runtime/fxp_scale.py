@@ -1,10 +1,11 @@
 """Products with small public constants that stay accurate in fixed point.
 
 SPU encodes a public constant c as c * 2^f truncated toward zero (f fraction bits) and folds a chain of
-constant factors into one constant before encoding it. A mean over n elements multiplies a sum by 1/n: with n = 6272 (a GroupNorm group of
-8 channels x 28 x 28) and f = 18, 1/n is 41.8 units of the last place and is encoded as 41, so every mean is 1.9%
-low; GroupNorm then subtracts a mean that is off by 1.9% of itself, which is a large error wherever the mean is
-large against the standard deviation (measured: 15% of the output's std on the MNIST U-Net near t = 0).
+constant factors into one constant before encoding it. A mean over n elements multiplies a sum by 1/n: with
+n = 6272 (a GroupNorm group of 8 channels x 28 x 28) and f = 18, 1/n is 41.8 units of the last place and is
+encoded as 41, so every mean is 1.9% low; GroupNorm then subtracts a mean that is off by 1.9% of itself, which is
+a large error wherever the mean is large against the standard deviation (measured: 15% of the output's std on
+the MNIST U-Net near t = 0).
 
 :func:`scale` multiplies by c * 2^s (in [1, 2), encoded to 2^-f relative) and then by 2^-s, a power of two that
 is exact in fixed point, through 1x1 matrix products: SPU folds constant multiplies but not dots. The extra dot
