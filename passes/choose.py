@@ -129,7 +129,7 @@ def choose(op: str, shape: tuple, attrs: dict, stats: TensorStats | None, budget
     direct_bytes = direct.cost(shape, **cost_kw).bytes
     costs = {p.name: p.cost(shape, **cost_kw).bytes for p in protocols.variants(op)}
     ranked = sorted(protocols.variants(op), key=lambda p: (costs[p.name], p.name))
-    closest = None   # (name, protocol, error) of the most accurate candidate that missed the budget
+    closest = None   # (protocol, error) of the most accurate candidate that missed the budget
     for candidate in ranked:
         # Knob-only variants (SPU's own expression under other global settings) change every op of the program,
         # not just this node: they belong to the best-knob baseline, not to a per-node choice.
@@ -149,22 +149,26 @@ def choose(op: str, shape: tuple, attrs: dict, stats: TensorStats | None, budget
                 continue  # the rows' max - mean is too large for a shift without the max
         error = measure(candidate, op, sample_sets, kwargs, fraction_bits)
         if error["max"] <= budget:
-            return Choice(candidate, interval, error, None if closest is None else (closest[0], closest[2]["max"]))
-        if closest is None or error["max"] < closest[2]["max"]:
-            closest = (candidate.name, candidate, error)
-    best_rejected = None if closest is None else (closest[0], closest[2]["max"])
+            return Choice(candidate, interval, error, _name_and_error(closest))
+        if closest is None or error["max"] < closest[1]["max"]:
+            closest = (candidate, error)
     direct_error = measure(direct, op, sample_sets, kwargs, fraction_bits)
     if closest is None:
         return Choice(None, interval, direct_error, None,
                       "no protocol is cheaper than SPU's own expression for this shape")
+    best_rejected = _name_and_error(closest)
     unmet = (f"no protocol cheaper than SPU's own expression meets the error budget {budget:g} on "
              f"[{interval[0]:.4g}, {interval[1]:.4g}] (closest: {best_rejected[0]} with max error "
              f"{best_rejected[1]:.3g})")
-    if closest[2]["max"] < direct_error["max"]:
+    if closest[1]["max"] < direct_error["max"]:
         # SPU's own expression would cost more and be less accurate: the closest protocol is the better miss.
-        return Choice(closest[1], interval, closest[2], best_rejected,
+        return Choice(closest[0], interval, closest[1], best_rejected,
                       f"{unmet}; SPU's own expression errs more ({direct_error['max']:.3g}), so the closest is used")
     return Choice(None, interval, direct_error, best_rejected, unmet)
+
+
+def _name_and_error(closest) -> tuple[str, float] | None:
+    return None if closest is None else (closest[0].name, closest[1]["max"])
 
 
 def error_curve(protocol: protocols.Protocol, op: str, interval, attrs: dict, points: int = 96) -> list[list[float]]:

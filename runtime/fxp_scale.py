@@ -24,6 +24,8 @@ import numpy as np
 # of 8 bits (exact for any f >= 8); a compile traces under fraction_bits(f), which takes the whole shift in one
 # dot (one truncation, two rounds) whenever s <= f.
 _STEP_BITS = 8
+# Constants at least this large lose at most 2^-f / 2^-4 relatively; not worth a truncation.
+_SPLIT_BELOW = 2.0 ** -4
 _FRACTION_BITS: contextvars.ContextVar[int | None] = contextvars.ContextVar("cipherdm_fxp_bits", default=None)
 
 
@@ -40,8 +42,6 @@ def fraction_bits(bits: int | None):
 def _step_bits(bits: int | None = None) -> int:
     bits = _FRACTION_BITS.get() if bits is None else bits
     return _STEP_BITS if bits is None else max(1, int(bits))
-# Constants at least this large lose at most 2^-f / 2^-4 relatively; not worth a truncation.
-_SPLIT_BELOW = 2.0 ** -4
 
 
 def _shift(c: float) -> int:

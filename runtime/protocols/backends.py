@@ -26,6 +26,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from runtime import fxp_scale
+
 
 @dataclass(frozen=True)
 class AttrRef:
@@ -294,7 +296,6 @@ class JaxBackend(Backend):
     def reduce_sum(self, x, axis): return self.jnp.sum(x, axis=axis, keepdims=True)
 
     def mean(self, x, axis):
-        from runtime import fxp_scale
         return fxp_scale.mean(x, axis)
 
     def native(self, fn, x):
@@ -741,7 +742,6 @@ class CostBackend(Backend):
         return Sym(self._reduced(x, axis)[0], x.public)
 
     def mean(self, x, axis):
-        from runtime import fxp_scale
         shape, count = self._reduced(x, axis)
         out = Sym(shape, x.public)
         if not x.public:
