@@ -61,8 +61,11 @@ def test_bench_tiny_model(tmp_path, capsys):
     program = compile_model(str(path), public=["t"], rewrites="direct")
     independent = run_sim(in_memory_artifact(program), program.weights, {k: inputs[k] for k in ("x", "t")})
     assert independent.profile.total_bytes == configs["direct"]["total_bytes"]
-    # Rounds are the busiest party's send actions, which can move by one between runs (the 3-party total cannot).
-    assert abs(independent.profile.rounds - configs["direct"]["rounds"]) <= 0.05 * configs["direct"]["rounds"]
+    # The 3-party send actions are deterministic; rounds are the busiest party's, whose share of that total moves
+    # by a few between runs (measured 85-89 of 253 on this model), never below a third of it.
+    assert independent.profile.send_actions == configs["direct"]["send_actions"]
+    for rounds in (independent.profile.rounds, configs["direct"]["rounds"]):
+        assert configs["direct"]["send_actions"] / 3 <= rounds <= 0.4 * configs["direct"]["send_actions"]
 
     # The knob search: defaults are a candidate, the choice is the cheapest accepted one, never dearer than (1).
     search = result["knob_search"]

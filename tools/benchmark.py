@@ -31,7 +31,8 @@ The result (also what ``--json`` writes) has the keys:
   (``source``, ``cases``), ``budget``, ``repeats``, ``timing`` (what the times measure);
 * ``float``: per output the float model's ``std``, ``min``, ``max``;
 * ``configs``: ``direct``, ``best_knobs``, ``cipherdm``, each with ``label``, ``rewrites``, ``spu_config``,
-  ``knobs``, ``total_bytes``, ``rounds`` (from the profile), ``time_s`` (median), ``times_s``, ``profiled_time_s``,
+  ``knobs``, ``total_bytes``, ``rounds`` (from the profile: the busiest party's send actions, which move by a few
+  between runs), ``send_actions`` (summed over the parties: deterministic), ``time_s`` (median), ``times_s``, ``profiled_time_s``,
   ``compile_s``, ``error`` (``max_abs``, ``rel_std``, ``rms_rel_std``, ``outputs``), ``top_ops`` (pphlo ops by
   bytes: ``name``, ``bytes``, ``share``, ``rounds``, ``count``), ``top_mpc`` (protocol kernels by bytes),
   ``estimate`` (``source``, ``bytes``, ``rounds``, ``scope``, or null), ``same_as`` (set when the program is
@@ -354,6 +355,7 @@ def run_benchmark(model_path, *, inputs: dict | None = None, inputs_source: str 
         def measure(variant: Variant) -> dict:
             r = runner.run(variant, inputs, profile=True)
             return {"total_bytes": r.profile.total_bytes, "rounds": r.profile.rounds,
+                    "send_actions": r.profile.send_actions,
                     "profiled_time_s": r.run_time, "error": output_error(r.outputs, reference),
                     "top_ops": top_ops(r.profile, top), "top_mpc": top_ops(r.profile, top, "MPC")}
 
