@@ -7,7 +7,8 @@ its exact plaintext semantics as a function body) and compares it with the float
 While the error exceeds the target, each rewritten node's own share is measured (the model with only that node
 rewritten), and the nodes with the largest shares get a tighter budget (divided by TIGHTEN, and below their current
 protocol's error); the report keeps every attempt. Sensitivity differs a lot between nodes (on the MNIST U-Net the
-SiLUs of the last up block and the output weigh 2-4x the others), so most nodes keep the cheap protocol.
+SiLUs of the last up block and the output weigh 2-4x the others), so most nodes keep the cheap protocol. The
+steps are discrete and overshoot; passes/relax.py then loosens what the target does not need.
 
 The error is ``max |rewritten - float| / std(float)`` per output and case, the largest over all: the measure the
 bench reports as err/std. It is the float error of the protocols; SPU's fixed-point rounding comes on top.

@@ -22,6 +22,7 @@ from passes.fuse_attention import fuse_attention
 from passes import model_check
 from passes.graph_view import GraphView
 from passes.model_check import DEFAULT_MODEL_ERROR
+from passes.relax import relax
 from passes.report import add_totals, empty_report
 
 DEFAULT_BUDGET = 1e-2
@@ -54,11 +55,19 @@ def rewrite(model: onnx.ModelProto, *, public_inputs=frozenset(), calibration: l
     budgets = {c.node.output[0]: budget for c in canon.canonical}   # per node, by output name
     attempts: list[model_check.Attempt] = []
     checking = bool(calibration) and bool(model_error) and bool(budgets)
+    choices: dict = {}   # (node, budget, knobs in use) -> Choice: the check and relax re-choose under new budgets
     if checking:
         cases = model_check.pick_cases(calibration)
         reference = model_check.run(original, cases)
+
+    def choose_under(budgets: dict[str, float]) -> _Chosen:
+        return _choose_all(canon, stats, budgets, expanded_from, fraction_bits, choices)
+
+    def check(budgets: dict[str, float]) -> float:
+        return model_check.relative_error(model_check.run(choose_under(budgets).model, cases), reference)
+
     while True:
-        chosen = _choose_all(canon, stats, budgets, expanded_from, fraction_bits)
+        chosen = choose_under(budgets)
         if not checking:
             break
         per_case = model_check.case_errors(model_check.run(chosen.model, cases), reference)
@@ -76,11 +85,17 @@ def rewrite(model: onnx.ModelProto, *, public_inputs=frozenset(), calibration: l
         attempt.worst = [{"node": chosen.names[k], "op": chosen.op_of[k], "error": e}
                          for k, e in sorted(solo.items(), key=lambda kv: -kv[1])[:model_check.REPORTED_NODES]]
         budgets = model_check.tightened(budgets, solo, model_error, chosen.errors, error)
+    relaxed = None
+    if checking and attempts[-1].error <= model_error and len(attempts) > 1:
+        relaxed = relax(budgets, budget, model_error, attempts[-1].error,
+                        lambda b: choose_under(b).est_bytes, check)
+        budgets = relaxed.budgets
+        chosen = choose_under(budgets)
     report = empty_report("cipherdm")
     report["budget"] = budget
     report["budgets"] = _budgets_by_op(budgets, chosen.op_of, budget)
     report["model_check"] = _model_check_note(attempts, model_error, calibration, checking,
-                                              len(cases) if checking else 0)
+                                              len(cases) if checking else 0, relaxed)
     report["declined"] = [d.to_json() for d in attention_declined + canon.declined] + chosen.declined
     out = fuse_attention(chosen.model, chosen.rewrites, GraphView(chosen.model).shape)
     report["rewrites"] = chosen.rewrites
@@ -110,6 +125,7 @@ class _Chosen:
     plain_used: list[protocols.Protocol]
     names: dict[str, str]                       # node name by output name
     errors: dict[str, float]                    # the chosen protocol's max error on the calibrated inputs
+    est_bytes: dict[str, float]                 # the estimated bytes of every node's choice
 
     def rewritten_keys(self) -> list[str]:
         return [k for k in self.replacements if k in self.errors]
@@ -123,21 +139,26 @@ class _Chosen:
 
 
 def _choose_all(canon, stats: dict[str, TensorStats], budgets: dict[str, float], expanded_from: dict,
-                fraction_bits: int | None = None) -> _Chosen:
-    """``budgets``: the error budget of every canonical node, keyed by its output name."""
+                fraction_bits: int | None = None, choices: dict | None = None) -> _Chosen:
+    """``budgets``: the error budget of every canonical node, keyed by its output name; ``choices`` a cache of
+    earlier choices (the same node, budget and knobs in use choose the same)."""
+    choices = {} if choices is None else choices
     view = GraphView(canon.model)
     knobs = protocols.SpuKnobs()
     used: list[protocols.Protocol] = []
     plain_used: list[protocols.Protocol] = []
     rewrites, declined = [], []
-    replacements, plain, op_of, names, errors = {}, {}, {}, {}, {}
+    replacements, plain, op_of, names, errors, est_bytes = {}, {}, {}, {}, {}, {}
     for entry in canon.canonical:
         node, op = entry.node, entry.pattern
         shape = view.shape(node.input[0])
         extra = [_value(view, name) for name in node.input[1:]]
         key = node.output[0]
-        choice = choose(op, shape, entry.attrs, stats.get(node.input[0]), budgets[key], extra, knobs,
-                        fraction_bits)
+        memo = (key, budgets[key], repr(knobs.to_json()))
+        if memo not in choices:
+            choices[memo] = choose(op, shape, entry.attrs, stats.get(node.input[0]), budgets[key], extra, knobs,
+                                   fraction_bits)
+        choice = choices[memo]
         direct = protocols.direct(op, **_gelu_kw(op, entry.attrs))
         cost_kw = {k: entry.attrs[k] for k in ("num_groups", "axis") if k in entry.attrs}
         before = direct.cost(shape, **cost_kw)
@@ -145,6 +166,7 @@ def _choose_all(canon, stats: dict[str, TensorStats], budgets: dict[str, float],
         op_of[key] = op
         names[key] = node.name
         plain[key] = protocols.make_node(direct, node.input, key, node.name, **_op_attrs(op, entry.attrs))
+        est_bytes[key] = float(before.bytes)
         if choice.protocol is None:
             used.append(direct)
             replacements[key] = plain[key]
@@ -156,7 +178,7 @@ def _choose_all(canon, stats: dict[str, TensorStats], budgets: dict[str, float],
         used.append(chosen)
         replacements[key] = protocols.make_node(chosen, node.input, key, node.name, **_op_attrs(op, entry.attrs))
         after = chosen.cost(shape, **cost_kw)
-        errors[key] = choice.error["max"]
+        errors[key], est_bytes[key] = choice.error["max"], float(after.bytes)
         # A softmax that came out of an Attention op is reported as that attention.
         origin = [expanded_from[n] for n in entry.original if n in expanded_from]
         rewrites.append({
@@ -174,7 +196,7 @@ def _choose_all(canon, stats: dict[str, TensorStats], budgets: dict[str, float],
     out = _replace_nodes(canon.model, replacements)
     protocols.add_functions(out, used)
     return _Chosen(out, rewrites, declined, knobs, canon.model, replacements, plain, op_of, used, plain_used,
-                   names, errors)
+                   names, errors, est_bytes)
 
 
 def _budgets_by_op(budgets: dict[str, float], op_of: dict[str, str], start: float) -> dict[str, dict]:
@@ -188,17 +210,24 @@ def _budgets_by_op(budgets: dict[str, float], op_of: dict[str, str], start: floa
     return out
 
 
-def _model_check_note(attempts, target, calibration, checking, cases: int) -> dict:
+def _model_check_note(attempts, target, calibration, checking, cases: int, relaxed=None) -> dict:
     if not checking:
         why = ("no calibration data" if not calibration else
                "turned off (--model-error 0)" if not target else "nothing to rewrite")
         return {"target": target, "checked": False, "note": f"whole-model check not run: {why}"}
-    last = attempts[-1]
-    met = last.error <= target
-    return {"target": target, "checked": True, "error": last.error, "met": met, "cases": cases,
+    error = attempts[-1].error if relaxed is None else relaxed.error
+    met = error <= target
+    relax_note = ""
+    if relaxed is not None:
+        r = relaxed.to_json()
+        relax_note = (f", then {r['loosened_nodes']} node(s) loosened in {r['checks']} check(s) "
+                      f"(est. {r['est_bytes_saved'] / 2**20:.1f} MiB saved)")
+    return {"target": target, "checked": True, "error": error, "met": met, "cases": cases,
             "attempts": [a.to_json() for a in attempts],
+            **({"relax": relaxed.to_json()} if relaxed is not None else {}),
             "note": (f"float error of the rewritten graph vs the float model on the calibration cases: "
-                     f"{last.error:.3g} x output std (target {target:g}) after {len(attempts)} attempt(s)"
+                     f"{error:.3g} x output std (target {target:g}) after {len(attempts)} attempt(s)"
+                     + relax_note
                      + ("" if met else "; target NOT met: lower --error-budget or raise --model-error"))}
 
 

@@ -56,6 +56,13 @@ def render_markdown(report: dict) -> str:
                 worst = ", ".join(f"{w['node']} ({w['op']}) {w['error']:.3g}" for w in a["worst_nodes"][:4]) or "-"
                 out.append(f"| {i} | {a['tightened_nodes']} | {a['error']:.3g} | {worst} |")
             out.append("")
+        steps = (check.get("relax") or {}).get("steps") or []
+        if steps:
+            out += ["Relax (loosen tightened budgets while the error stays within the target):", "",
+                    "| step | nodes loosened | est. MiB saved | model error / std | kept |", "|---|---|---|---|---|"]
+            out += [f"| {i} | {len(s['nodes'])} | {_mib(s['est_bytes_saved'])} | {s['error']:.3g} | "
+                    f"{'yes' if s['kept'] else 'no'} |" for i, s in enumerate(steps, 1)]
+            out.append("")
     if t:
         saved = t["est_bytes_before"] / t["est_bytes_after"] if t.get("est_bytes_after") else float("inf")
         out += [f"{t['rewritten']} nodes rewritten, {t['declined']} declined. Estimated nonlinear-op traffic "

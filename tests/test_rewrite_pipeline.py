@@ -115,8 +115,35 @@ def test_whole_model_check_tightens_budgets_until_the_output_error_is_met():
     tightened = {n for n, b in budgets.items() if b < 5e-2}
     assert budgets.get(first["worst_nodes"][0]["node"], 0.0) < 5e-2
     assert 0 < len(tightened) + kept_direct < len(budgets) + kept_direct
-    assert check["attempts"][-1]["tightened_nodes"] == len(tightened) + kept_direct
+    # relax (passes/relax.py) may loosen some of them again afterwards, never further than the starting budget
+    assert len(tightened) + kept_direct <= check["attempts"][-1]["tightened_nodes"]
+    assert max(budgets.values()) <= 5e-2
     assert "Whole-model check" in render_markdown(checked.report)
+
+
+def test_relax_gives_back_accuracy_the_target_does_not_need(monkeypatch):
+    """The check overshoots the target; relax loosens budgets while the float error stays within it."""
+    model, inputs = _fixture("unet2d_attn.ts17")
+    kwargs = dict(public_inputs={"timestep"}, calibration=[inputs], budget=5e-2, model_error=5e-3)
+    relaxed = rewrite(model, **kwargs)
+    monkeypatch.setattr("passes.relax.MAX_CHECKS", 0)
+    unrelaxed = rewrite(model, **kwargs)
+    check = relaxed.report["model_check"]
+    steps = check["relax"]["steps"]
+    assert steps and check["relax"]["checks"] == len(steps)
+    assert "relax" in unrelaxed.report["model_check"] and not unrelaxed.report["model_check"]["relax"]["steps"]
+    kept = [s for s in steps if s["kept"]]
+    assert kept, "the check overshot on this fixture: some loosening must fit"
+    assert all(s["error"] <= 0.95 * 5e-3 for s in kept) and all(s["error"] > 0.95 * 5e-3 for s in steps
+                                                                  if not s["kept"])
+    after, before = relaxed.report["totals"]["est_bytes_after"], unrelaxed.report["totals"]["est_bytes_after"]
+    assert after < before
+    # independent: onnxruntime on the original and on the relaxed graph
+    assert _model_error(model, relaxed.model, inputs) <= 5e-3
+    assert check["error"] == pytest.approx(kept[-1]["error"], rel=1e-4)
+    budgets = [r["budget"] for r in relaxed.report["rewrites"]]
+    assert max(budgets) <= 5e-2
+    assert "Relax (loosen tightened budgets" in render_markdown(relaxed.report)
 
 
 def test_attention_is_normalised_after_the_value_matmul():
