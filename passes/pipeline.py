@@ -21,6 +21,7 @@ from passes.expand_attention import EXPANDED_FROM, expand_attention
 from passes.fuse_attention import fuse_attention
 from passes import model_check
 from passes.graph_view import GraphView
+from passes.hoist_scale import hoist_scales
 from passes.model_check import DEFAULT_MODEL_ERROR
 from passes.relax import relax
 from passes.report import add_totals, empty_report
@@ -48,6 +49,7 @@ def rewrite(model: onnx.ModelProto, *, public_inputs=frozenset(), calibration: l
     """
     original = model
     model, attention_declined = expand_attention(_at_least_opset_18(model))
+    model, hoisted = hoist_scales(model)
     expanded_from = {n.name: m.value for n in model.graph.node for m in n.metadata_props if m.key == EXPANDED_FROM}
     canon = canonicalize(model, set(public_inputs))
     watched = [c.node.input[0] for c in canon.canonical]
@@ -99,6 +101,7 @@ def rewrite(model: onnx.ModelProto, *, public_inputs=frozenset(), calibration: l
     report["declined"] = [d.to_json() for d in attention_declined + canon.declined] + chosen.declined
     out = fuse_attention(chosen.model, chosen.rewrites, GraphView(chosen.model).shape)
     report["rewrites"] = chosen.rewrites
+    report["scales_hoisted"] = hoisted
     report["calibration"] = _calibration_note(calibration, calibration_source)
     report["knobs"] = chosen.knobs.to_json()
     add_totals(report)

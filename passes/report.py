@@ -63,6 +63,9 @@ def render_markdown(report: dict) -> str:
             out += [f"| {i} | {len(s['nodes'])} | {_mib(s['est_bytes_saved'])} | {s['error']:.3g} | "
                     f"{'yes' if s['kept'] else 'no'} |" for i, s in enumerate(steps, 1)]
             out.append("")
+    for h in report.get("scales_hoisted") or []:
+        out += [f"Scale moved before the product: {h['nodes'][0]} ({h['op']} by a constant) now scales "
+                f"{h['operand']} ({h['elements_after']} elements instead of {h['elements_before']}).", ""]
     if t:
         saved = t["est_bytes_before"] / t["est_bytes_after"] if t.get("est_bytes_after") else float("inf")
         out += [f"{t['rewritten']} nodes rewritten, {t['declined']} declined. Estimated nonlinear-op traffic "
