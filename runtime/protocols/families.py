@@ -57,15 +57,16 @@ def abs_piecewise(bk, protocol, inputs, **kw):
     # given in u = |x|/B.
     w = bk.add_const(bk.scale(magnitude, 2.0 / bound), -1.0)
     segs, _ = segment_bits(bk, w, [2.0 * float(b) - 1.0 for b in p["breaks"]])
-    powers = bk.powers(w, int(p["degree"]))
+    # one polynomial per segment, or per segment and sign (Mish: selected with seg & s and seg & not s)
+    keys = ("pos", "neg") if "pos" in p["segments"][0] else ("coeffs",)
+    values = iter(bk.poly_many(w, [seg[k] for seg in p["segments"] for k in keys]))
     picks = []
     for bit, seg in zip(segs, p["segments"]):
-        if "pos" in seg:   # one polynomial per sign (Mish): select with seg & s and seg & not s
-            pos = bk.poly(powers[:len(seg["pos"]) - 1], seg["pos"])
-            neg = bk.poly(powers[:len(seg["neg"]) - 1], seg["neg"])
+        if keys == ("pos", "neg"):
+            pos, neg = next(values), next(values)
             picks += [(bk.bit_and(bit, sign), pos, None), (bk.bit_and(bit, bk.bit_not(sign)), neg, None)]
         else:
-            picks.append((bit, bk.poly(powers[:len(seg["coeffs"]) - 1], seg["coeffs"]), None))
+            picks.append((bit, next(values), None))
     chosen = bk.select_many(picks)
     correction = chosen[0]
     for c in chosen[1:]:
@@ -93,7 +94,7 @@ def exp_square_eval(bk, p, x, saturate: bool = False):
         # q(x / 2^k) with 2^-k folded into the coefficients: the powers of x itself and one dot, so the scaling
         # costs no truncation of its own (the powers stay far from overflow: x is clipped at L anyway).
         folded = [float(c) * step ** i for i, c in enumerate(coeffs)]
-        q = bk.poly(bk.powers(x, len(coeffs) - 1), folded)
+        q = bk.poly_many(x, [folded])[0]
     if saturate:
         above_low, above_zero = bk.compare_many([(x, ">", float(p["lower"])), (x, ">", 0.0)])
         inside = bk.bit_xor(above_low, above_zero)
@@ -172,10 +173,10 @@ def _initial_guess(bk, x, p, power):
     coeffs = p["coeffs"]
     if segs[0] is None:
         v = bk.scale(x, 1.0 / tops[0])
-        return x, bk.scale(bk.poly(bk.powers(v, len(coeffs) - 1), coeffs), tops[0] ** -power)
+        return x, bk.scale(bk.poly_many(v, [coeffs])[0], tops[0] ** -power)
     inv_top, out_scale = _segment_constants_pair(bk, segs, tops, power, x)
     v = bk.mul(x, inv_top)
-    return x, bk.mul(bk.poly(bk.powers(v, len(coeffs) - 1), coeffs), out_scale)
+    return x, bk.mul(bk.poly_many(v, [coeffs])[0], out_scale)
 
 
 def _segment_constants_pair(bk, segs, tops, power, like):
