@@ -61,12 +61,12 @@ def hoist_scales(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[dict]]:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     del out.graph.node[:]
-    by_matmul = {id(m[1]): m for m in moves.values()}
+    moved_matmuls = {id(m[1]) for m in moves.values()}
     entries = []
     for node in model.graph.node:
-        if id(node) in moves:
-            continue                                   # the MatMul now writes the scale's output
-        move = by_matmul.get(id(node))
+        if id(node) in moved_matmuls:
+            continue         # emitted where its scale was: the constant may be defined after the MatMul
+        move = moves.get(id(node))
         if move is None:
             out.graph.node.append(node)
             continue
@@ -77,7 +77,7 @@ def hoist_scales(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[dict]]:
         new_matmul = onnx.NodeProto()
         new_matmul.CopyFrom(matmul)
         new_matmul.input[index] = scaled
-        new_matmul.output[0] = scale.output[0]
+        new_matmul.output[0] = scale.output[0]       # the MatMul now writes what the scale wrote
         out.graph.node.append(new_matmul)
         entries.append({"pattern": "scale", "nodes": [scale.name, matmul.name], "op": scale.op_type,
                         "operand": matmul.input[index],

@@ -14,19 +14,20 @@ from passes.hoist_scale import hoist_scales
 
 
 def _attention_scores(scale_op: str = "Mul", const_first: bool = False, extra_user: bool = False,
-                      const_shape=()) -> onnx.ModelProto:
+                      const_shape=(), const_node: bool = False) -> onnx.ModelProto:
     q = helper.make_tensor_value_info("q", TensorProto.FLOAT, [2, 6, 3])
     k = helper.make_tensor_value_info("k", TensorProto.FLOAT, [2, 3, 6])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 6, 6])
     c = numpy_helper.from_array(np.full(const_shape, 0.3536, np.float32), "c")
     nodes = [helper.make_node("MatMul", ["q", "k"], ["s"], name="scores"),
+             *([helper.make_node("Constant", [], ["c"], name="c", value=c)] if const_node else []),
              helper.make_node(scale_op, ["c", "s"] if const_first else ["s", "c"], ["scaled"], name="scale"),
              helper.make_node("Softmax", ["scaled"], ["y"], name="softmax", axis=-1)]
     outputs = [y]
     if extra_user:
         nodes.append(helper.make_node("Relu", ["s"], ["r"], name="other"))
         outputs.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, [2, 6, 6]))
-    graph = helper.make_graph(nodes, "g", [q, k], outputs, [c])
+    graph = helper.make_graph(nodes, "g", [q, k], outputs, [] if const_node else [c])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
 
 
@@ -34,14 +35,16 @@ def _run(model, inputs):
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, inputs)
 
 
-@pytest.mark.parametrize("scale_op,const_first", [("Mul", False), ("Mul", True), ("Div", False)])
-def test_scale_moves_onto_the_smaller_operand(scale_op, const_first):
-    model = _attention_scores(scale_op, const_first)
+@pytest.mark.parametrize("scale_op,const_first,const_node", [("Mul", False, False), ("Mul", True, False),
+                                                             ("Div", False, False), ("Mul", False, True)])
+def test_scale_moves_onto_the_smaller_operand(scale_op, const_first, const_node):
+    # const_node: the scale is a Constant node defined after the MatMul (as torch exports attention)
+    model = _attention_scores(scale_op, const_first, const_node=const_node)
     hoisted, entries = hoist_scales(model)
     onnx.checker.check_model(hoisted, full_check=True)
     assert len(entries) == 1 and entries[0]["operand"] == "q"       # q: 36 elements, k: 36 too -> the first
     assert entries[0]["elements_before"] == 72 and entries[0]["elements_after"] == 36
-    ops = [(n.op_type, list(n.input)) for n in hoisted.graph.node]
+    ops = [(n.op_type, list(n.input)) for n in hoisted.graph.node if n.op_type != "Constant"]
     assert ops[0][0] == scale_op and ops[0][1][0] == "q" and ops[1][0] == "MatMul"
     assert len(hoisted.graph.node) == len(model.graph.node)
     rng = np.random.default_rng(0)
