@@ -68,6 +68,7 @@ def rewrite(model: onnx.ModelProto, *, public_inputs=frozenset(), calibration: l
     def check(budgets: dict[str, float]) -> float:
         return model_check.relative_error(model_check.run(choose_under(budgets).model, cases), reference)
 
+    best = None   # (error, budgets) of the most accurate attempt within the target
     while True:
         chosen = choose_under(budgets)
         if not checking:
@@ -76,7 +77,9 @@ def rewrite(model: onnx.ModelProto, *, public_inputs=frozenset(), calibration: l
         error = max(per_case)
         attempt = model_check.Attempt(error, sum(b < budget for b in budgets.values()), [])
         attempts.append(attempt)
-        if error <= model_error or len(attempts) >= model_check.MAX_ATTEMPTS:
+        if error <= model_error and (best is None or error < best[0]):
+            best = (error, dict(budgets))
+        if error <= model_check.GOAL * model_error or len(attempts) >= model_check.MAX_ATTEMPTS:
             break
         # each rewritten node's own share of the error: the model with only that node rewritten
         worst = model_check.worst_cases(per_case)
@@ -87,17 +90,20 @@ def rewrite(model: onnx.ModelProto, *, public_inputs=frozenset(), calibration: l
         attempt.worst = [{"node": chosen.names[k], "op": chosen.op_of[k], "error": e}
                          for k, e in sorted(solo.items(), key=lambda kv: -kv[1])[:model_check.REPORTED_NODES]]
         budgets = model_check.tightened(budgets, solo, model_error, chosen.errors, error)
-    relaxed = None
-    if checking and attempts[-1].error <= model_error and len(attempts) > 1:
-        relaxed = relax(budgets, budget, model_error, attempts[-1].error,
-                        lambda b: choose_under(b).est_bytes, check)
+    relaxed, kept_attempt = None, None
+    if checking and best is not None and len(attempts) > 1:
+        if best[1] != budgets:
+            # the error is not monotone in the budgets: a later attempt can miss what an earlier one met
+            kept_attempt = next(i for i, a in enumerate(attempts, 1) if a.error == best[0])
+        # the check aimed below the target; relax spends the slack where it saves the most bytes
+        relaxed = relax(best[1], budget, model_error, best[0], lambda b: choose_under(b).est_bytes, check)
         budgets = relaxed.budgets
         chosen = choose_under(budgets)
     report = empty_report("cipherdm")
     report["budget"] = budget
     report["budgets"] = _budgets_by_op(budgets, chosen.op_of, budget)
     report["model_check"] = _model_check_note(attempts, model_error, calibration, checking,
-                                              len(cases) if checking else 0, relaxed)
+                                              len(cases) if checking else 0, relaxed, kept_attempt)
     report["declined"] = [d.to_json() for d in attention_declined + canon.declined] + chosen.declined
     out = fuse_attention(chosen.model, chosen.rewrites, GraphView(chosen.model).shape)
     report["rewrites"] = chosen.rewrites
@@ -213,21 +219,24 @@ def _budgets_by_op(budgets: dict[str, float], op_of: dict[str, str], start: floa
     return out
 
 
-def _model_check_note(attempts, target, calibration, checking, cases: int, relaxed=None) -> dict:
+def _model_check_note(attempts, target, calibration, checking, cases: int, relaxed=None,
+                      kept_attempt: int | None = None) -> dict:
     if not checking:
         why = ("no calibration data" if not calibration else
                "turned off (--model-error 0)" if not target else "nothing to rewrite")
         return {"target": target, "checked": False, "note": f"whole-model check not run: {why}"}
     error = attempts[-1].error if relaxed is None else relaxed.error
     met = error <= target
-    relax_note = ""
+    relax_note = f", attempt {kept_attempt}'s budgets kept (the most accurate within the target)" \
+        if kept_attempt else ""
     if relaxed is not None:
         r = relaxed.to_json()
-        relax_note = (f", then {r['loosened_nodes']} node(s) loosened in {r['checks']} check(s) "
+        relax_note += (f", then {r['loosened_nodes']} node(s) loosened in {r['checks']} check(s) "
                       f"(est. {r['est_bytes_saved'] / 2**20:.1f} MiB saved)")
     return {"target": target, "checked": True, "error": error, "met": met, "cases": cases,
             "attempts": [a.to_json() for a in attempts],
             **({"relax": relaxed.to_json()} if relaxed is not None else {}),
+            **({"kept_attempt": kept_attempt} if kept_attempt else {}),
             "note": (f"float error of the rewritten graph vs the float model on the calibration cases: "
                      f"{error:.3g} x output std (target {target:g}) after {len(attempts)} attempt(s)"
                      + relax_note
