@@ -325,7 +325,8 @@ class JaxBackend(Backend):
         # One dot with a public vector: SPU multiplies locally and truncates once (a sum of public*secret
         # products would truncate once per term).
         stacked = jnp.stack(powers, axis=-1)
-        return stacked @ jnp.asarray(np.asarray(coeffs[1:], np.float64), dtype) + jnp.asarray(coeffs[0], dtype)
+        encoded = np.asarray([fxp_scale.nearest(float(c)) for c in coeffs[1:]], np.float64)
+        return stacked @ jnp.asarray(encoded, dtype) + jnp.asarray(coeffs[0], dtype)
 
     def reduce_max(self, x, axis): return self.jnp.max(x, axis=axis, keepdims=True)
     def reduce_sum(self, x, axis): return self.jnp.sum(x, axis=axis, keepdims=True)
