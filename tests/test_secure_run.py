@@ -78,11 +78,15 @@ def _run(folder, mode: str, tmp_path) -> tuple[dict, dict]:
 
 
 def test_plaintext_matches_onnxruntime(compiled, tmp_path):
-    _, folder, expected = compiled
+    name, folder, expected = compiled
     outputs, metrics = _run(folder, "plaintext", tmp_path)
     assert set(outputs) == set(expected) and metrics["mode"] == "plaintext"
+    # A rewritten program hands SPU each polynomial coefficient half a unit of its fixed point (2^-23 at 22 bits)
+    # above its value, since SPU truncates constants toward zero (runtime/fxp_scale.nearest); run in float, that
+    # moves the exp's folded high powers by up to ~1e-4 (measured 6.4e-5 on the attention model).
+    atol = 1e-5 if folder.name.startswith(f"{name}-direct") else 2e-4
     for key, ref in expected.items():
-        np.testing.assert_allclose(outputs[key], ref, atol=1e-5, rtol=1e-5, err_msg=key)
+        np.testing.assert_allclose(outputs[key], ref, atol=atol, rtol=1e-5, err_msg=key)
 
 
 def test_sim_matches_plaintext_within_fixed_point_budget(compiled, tmp_path):
