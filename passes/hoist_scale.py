@@ -36,7 +36,8 @@ def hoist_scales(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[dict]]:
     """Move every scalar scale of a MatMul product onto its smaller operand; returns the model and one report
     entry per move."""
     view = GraphView(model)
-    moves: dict[int, tuple] = {}        # id(scale node) -> (matmul, operand index, constant)
+    # id(scale node) -> (scale node, matmul, index of the operand to scale, constant, operand shape, product shape)
+    moves: dict[int, tuple] = {}
     for node in model.graph.node:
         found = _scale_of(view, node)
         if found is None:

@@ -68,7 +68,7 @@ def rewrite(model: onnx.ModelProto, *, public_inputs=frozenset(), calibration: l
     def check(budgets: dict[str, float]) -> float:
         return model_check.relative_error(model_check.run(choose_under(budgets).model, cases), reference)
 
-    best = None   # (error, budgets) of the most accurate attempt within the target
+    best = None   # (error, budgets, attempt number) of the most accurate attempt within the target
     while True:
         chosen = choose_under(budgets)
         if not checking:
@@ -78,7 +78,7 @@ def rewrite(model: onnx.ModelProto, *, public_inputs=frozenset(), calibration: l
         attempt = model_check.Attempt(error, sum(b < budget for b in budgets.values()), [])
         attempts.append(attempt)
         if error <= model_error and (best is None or error < best[0]):
-            best = (error, dict(budgets))
+            best = (error, dict(budgets), len(attempts))
         if error <= model_check.GOAL * model_error or len(attempts) >= model_check.MAX_ATTEMPTS:
             break
         # each rewritten node's own share of the error: the model with only that node rewritten
@@ -92,9 +92,9 @@ def rewrite(model: onnx.ModelProto, *, public_inputs=frozenset(), calibration: l
         budgets = model_check.tightened(budgets, solo, model_error, chosen.errors, error)
     relaxed, kept_attempt = None, None
     if checking and best is not None and len(attempts) > 1:
-        if best[1] != budgets:
+        if best[2] != len(attempts):
             # the error is not monotone in the budgets: a later attempt can miss what an earlier one met
-            kept_attempt = next(i for i, a in enumerate(attempts, 1) if a.error == best[0])
+            kept_attempt = best[2]
         # the check aimed below the target; relax spends the slack where it saves the most bytes
         relaxed = relax(best[1], budget, model_error, best[0], lambda b: choose_under(b).est_bytes, check)
         budgets = relaxed.budgets

@@ -5,8 +5,8 @@ per-node errors, so it overshoots: on the MNIST U-Net at a 1e-2 target it stoppe
 unet2d_attn fixture at 0.0058. Relax loosens tightened budgets back towards the starting one (one TIGHTEN step
 at a time, never above it) and keeps a loosening only when the rewritten graph still meets the target on the
 calibration cases. The nodes whose loosening saves bytes are tried as one group, most bytes first; a group that
-misses the target (with a margin for SPU's fixed-point rounding) is split in halves and each half tried again, so a few float runs settle many nodes (group
-testing) and the number of runs is bounded by MAX_CHECKS.
+misses the target (with a margin for SPU's fixed-point rounding) is split in halves and each half tried again, so
+a few float runs settle many nodes (group testing) and the number of runs is bounded by MAX_CHECKS.
 """
 
 from __future__ import annotations

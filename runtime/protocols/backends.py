@@ -50,7 +50,7 @@ def power_plan(degree: int) -> list[list[tuple[int, int, int]]]:
     return levels
 
 
-def giant_step(degree: int, count: int, mul_bytes: float = 52.0, dot_bytes: float = 28.0) -> int | None:
+def giant_step(degree: int, count: int) -> int | None:
     """Baby-step/giant-step (Paterson-Stockmeyer) split for ``count`` polynomials of ``degree`` in one secret t:
     p = P0(t) + t^m P1(t) with m = ceil(degree / 2) needs the powers up to t^m (m - 1 products), one product per
     polynomial and two public dots per polynomial, instead of the powers up to t^degree and one dot each. Returns
@@ -58,6 +58,9 @@ def giant_step(degree: int, count: int, mul_bytes: float = 52.0, dot_bytes: floa
     about equal: one fewer level of powers, one product after the dot."""
     if degree < 4:
         return None
+    from runtime.protocols.cost_model import load_table
+    table = load_table()
+    mul_bytes, dot_bytes = table.primitive("mul")[0], table.primitive("dot")[0]
     m = (degree + 1) // 2
     plain = (degree - 1) * mul_bytes + count * dot_bytes
     split = (m - 1) * mul_bytes + count * (mul_bytes + 2 * dot_bytes)
