@@ -22,6 +22,7 @@ from passes.fuse_attention import fuse_attention
 from passes import model_check
 from passes.graph_view import GraphView
 from passes.hoist_scale import hoist_scales
+from passes.prescale import fold_prescales
 from passes.model_check import DEFAULT_MODEL_ERROR
 from passes.relax import relax
 from passes.report import add_totals, empty_report
@@ -106,6 +107,7 @@ def rewrite(model: onnx.ModelProto, *, public_inputs=frozenset(), calibration: l
                                               len(cases) if checking else 0, relaxed, kept_attempt)
     report["declined"] = [d.to_json() for d in attention_declined + canon.declined] + chosen.declined
     out = fuse_attention(chosen.model, chosen.rewrites, GraphView(chosen.model).shape)
+    out = fold_prescales(out, chosen.rewrites)
     report["rewrites"] = chosen.rewrites
     report["scales_hoisted"] = hoisted
     report["calibration"] = _calibration_note(calibration, calibration_source)

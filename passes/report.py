@@ -91,6 +91,10 @@ def render_markdown(report: dict) -> str:
     if fused:
         out += ["", f"Attention normalised after the value MatMul ((e @ V) / rowsum(e)): {len(fused)} softmax "
                     "node(s): " + ", ".join(r["node"] for r in fused)]
+    prescaled_nodes = [r for r in report["rewrites"] if r.get("prescale", "").startswith("input scale")]
+    if prescaled_nodes:
+        out += ["", f"Softmax input scale folded into the score product (exp in monic form, no coefficient "
+                    f"truncations): {len(prescaled_nodes)} node(s): " + "; ".join(r["prescale"] for r in prescaled_nodes)]
     missed = [r for r in report["rewrites"] if r.get("note")]
     if missed:
         out += ["", "Budget missed (the closest protocol, more accurate and cheaper than SPU's own expression):", ""]

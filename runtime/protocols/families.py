@@ -10,6 +10,8 @@
   The fit constrains V(1) = 0 and continuity between segments, so f is continuous everywhere.
 * ``exp_square`` (Exp on x <= 0, the exp inside SoftMax): y = x / 2^k, q(y) a polynomial with q(0) = 1 and
   q(L / 2^k) = 0, set to 0 below L, then squared k times: never negative, exactly 1 at 0, exactly 0 below L.
+  q is evaluated as a monic polynomial in z = gamma x (Horner: d - 1 products, no coefficient truncations);
+  a softmax whose input scale was folded upstream (``prescaled``) gets z directly.
 * ``softmax_max``: max-subtract, exp_square, one SPU reciprocal per row, one multiply per element.
 * ``softmax_shift``: no max tree (88 rounds for a row of 256): subtract the row mean plus a calibrated bound U
   on max - mean, exp_square clipped to [L, 0] at both ends (saturating at 1) or, with ``clip`` "low", only
@@ -83,25 +85,57 @@ def abs_piecewise(bk, protocol, inputs, **kw):
 # exp for x <= 0
 
 
-def exp_square_eval(bk, p, x, saturate: bool = False):
-    """exp(x) for x in [L, 0]: 0 below L; with ``saturate`` also 1 above 0 (both clips from one comparison)."""
+# Horner on the monic form takes d - 1 products and nothing else; from degree 4 on, baby-step/giant-step with
+# public dots needs fewer bytes (d4: 2 products + 2 truncations against 3 products + the scale).
+MONIC_MAX_DEGREE = 3
+
+
+def monic_applies(p) -> bool:
+    return len(p["coeffs"]) - 1 <= MONIC_MAX_DEGREE
+
+
+def monic_form(p) -> tuple[float, float, list[float]]:
+    """``(gamma, sign, b)`` with q(x / 2^k) = sign * Q(gamma x), Q(z) = z^d + b[d-1] z^(d-1) + ... + b[0] monic
+    and gamma > 0. In z = gamma x the polynomial needs no coefficient multiplies: Horner's d - 1 products and
+    additions of public constants (free). The one scale left, gamma x, can be folded into whatever produced x
+    (``prescaled``: passes/prescale.py moves it onto the query of attention)."""
+    coeffs = [float(c) for c in p["coeffs"]]
+    degree = len(coeffs) - 1
+    folded = [c * 2.0 ** (-int(p["squarings"]) * i) for i, c in enumerate(coeffs)]
+    lead = folded[-1]
+    gamma = abs(lead) ** (1.0 / degree)
+    sign = 1.0 if lead > 0 else -1.0
+    return gamma, sign, [sign * a / gamma ** i for i, a in enumerate(folded[:-1])]
+
+
+def exp_square_eval(bk, p, x, saturate: bool = False, prescaled: bool = False):
+    """exp(x) for x in [L, 0]: 0 below L; with ``saturate`` also 1 above 0 (both clips from one comparison).
+    ``prescaled``: the input is already z = gamma x (gamma from :func:`monic_form`)."""
     squarings = int(p["squarings"])
-    coeffs = p["coeffs"]
-    step = 2.0 ** -squarings
-    if len(coeffs) == 2 and float(coeffs[1]) == 1.0:
-        q = bk.add_const(bk.scale(x, step), float(coeffs[0]))   # 1 + x/2^k: one truncation, no dot
+    if monic_applies(p):
+        gamma, sign, b = monic_form(p)
+        z = x if prescaled else bk.scale(x, gamma)
+        q = bk.add_const(z, b[-1])
+        for c in reversed(b[:-1]):
+            q = bk.add_const(bk.mul(q, z), c)
+        if sign < 0 and squarings == 0:
+            q = bk.neg(q)      # squaring drops the sign
     else:
-        # q(x / 2^k) with 2^-k folded into the coefficients: the powers of x itself and one dot, so the scaling
-        # costs no truncation of its own (the powers stay far from overflow: x is clipped at L anyway).
-        folded = [float(c) * step ** i for i, c in enumerate(coeffs)]
-        q = bk.poly_many(x, [folded])[0]
+        if prescaled:
+            raise ValueError(f"degree {len(p['coeffs']) - 1}: exp_square takes a prescaled input up to degree "
+                             f"{MONIC_MAX_DEGREE}")
+        # q(x / 2^k) with 2^-k folded into the coefficients: baby-step/giant-step products of x and dots with
+        # public vectors (fewer truncations than Horner from degree 4 on)
+        gamma, z = 1.0, x
+        q = bk.poly_many(x, [[float(c) * 2.0 ** (-squarings * i) for i, c in enumerate(p["coeffs"])]])[0]
+    lower = gamma * float(p["lower"])
     if saturate:
-        above_low, above_zero = bk.compare_many([(x, ">", float(p["lower"])), (x, ">", 0.0)])
+        above_low, above_zero = bk.compare_many([(z, ">", lower), (z, ">", 0.0)])
         inside = bk.bit_xor(above_low, above_zero)
         # two ops, not one batch: a batch mixing a secret and a public branch is charged as secret by SPU
         q = bk.add(bk.where(inside, q), bk.where(above_zero, bk.const(1.0, q)))
     elif p.get("clip", True):
-        q = bk.where(bk.greater(x, float(p["lower"])), q)
+        q = bk.where(bk.greater(z, lower), q)
     for _ in range(squarings):
         q = bk.mul(q, q)
     return q
@@ -115,8 +149,8 @@ def exp_square(bk, protocol, inputs, **kw):
 @family("softmax_max")
 def softmax_max(bk, protocol, inputs, axis=-1, **kw):
     x = inputs[0]
-    shifted = bk.sub(x, bk.reduce_max(x, axis))
-    e = exp_square_eval(bk, protocol.params["exp"], shifted)
+    shifted = bk.sub(x, bk.reduce_max(x, axis))    # max(gamma x) = gamma max(x): prescaling commutes
+    e = exp_square_eval(bk, protocol.params["exp"], shifted, prescaled=bool(protocol.params.get("prescaled")))
     if not protocol.params.get("normalize", True):
         return e   # normalised after the value MatMul (passes/fuse_attention.py)
     total = bk.reduce_sum(e, axis)                   # >= 1: the row maximum contributes exactly 1
@@ -129,11 +163,14 @@ def softmax_shift(bk, protocol, inputs, axis=-1, **kw):
     (one batched comparison, both clips). max >= mean, so the row sum is at least exp(-U): never 0."""
     x = inputs[0]
     upper = float(protocol.params["upper"])
+    prescaled = bool(protocol.params.get("prescaled"))
+    if prescaled:
+        upper *= monic_form(protocol.params["exp"])[0]
     shifted = bk.add_const(bk.sub(x, bk.mean(x, axis)), -upper)
     # clip "low": only exp's lower clip; a row whose max - mean exceeds U gets exp's polynomial extrapolated
     # above 0 (positive and increasing, so still a distribution) instead of a second comparison per element.
     saturate = protocol.params.get("clip", "both") == "both"
-    e = exp_square_eval(bk, protocol.params["exp"], shifted, saturate=saturate)
+    e = exp_square_eval(bk, protocol.params["exp"], shifted, saturate=saturate, prescaled=prescaled)
     if not protocol.params.get("normalize", True):
         return e   # normalised after the value MatMul (passes/fuse_attention.py)
     total = bk.reduce_sum(e, axis)
