@@ -147,6 +147,8 @@ def choose(op: str, shape: tuple, attrs: dict, stats: TensorStats | None, budget
             candidate = op_module(op).specialize(candidate, stats.cases, attrs.get("axis", -1))
             if candidate is None:
                 continue  # the rows' max - mean is too large for a shift without the max
+        if hasattr(op_module(op), "specialize_shape"):
+            candidate = op_module(op).specialize_shape(candidate, shape, attrs, interval, fraction_bits)
         error = measure(candidate, op, sample_sets, kwargs, fraction_bits)
         if error["max"] <= budget:
             return Choice(candidate, interval, error, _name_and_error(closest))

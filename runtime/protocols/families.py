@@ -274,7 +274,9 @@ def norm(bk, protocol, inputs, epsilon=1e-5, num_groups=None, axis=-1, **kw):
     if protocol.op == "group_norm":
         grouped = bk.to_groups(x, num_groups)
         centered = bk.sub(grouped, bk.mean(grouped, 2))
-        var = bk.mean(bk.mul(centered, centered), 2)
+        square_sum = protocol.params.get("square_sum")    # set per node where the sums fit the ring
+        var = bk.mean(bk.mul(centered, centered), 2) if square_sum is None else \
+            bk.group_square_mean(centered, int(square_sum["shift"]))
         inv_std = rsqrt_of(bk, spec, bk.add_const(var, epsilon))           # [N, G, 1]
         factor = bk.channel_fold(inv_std, scale, num_groups, x)             # [N, C, 1]: scale * inv_std
         return bk.group_apply(centered, factor, bias, x)
