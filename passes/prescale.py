@@ -126,20 +126,19 @@ def fold_prescales(model: onnx.ModelProto, rewrites: list[dict]) -> onnx.ModelPr
             i = _scalar_const(view, f.scale)
             value = view.constant(f.scale.input[i])
             merged = value * f.gamma if f.scale.op_type == "Mul" else value / f.gamma
-            out.graph.initializer.append(numpy_helper.from_array(merged.astype(value.dtype), gamma_name))
             new_scale = onnx.NodeProto()
             new_scale.CopyFrom(f.scale)
             new_scale.input[i] = gamma_name
-            by_output[f.scale.output[0]] = [new_scale]
+            by_output[f.scale.output[0]] = [_constant(gamma_name, merged.astype(value.dtype)), new_scale]
             how = f"merged into {f.scale.name} (no truncation of its own)"
             extra = (0.0, 0)
         else:
-            out.graph.initializer.append(numpy_helper.from_array(np.array(f.gamma, np.float32), gamma_name))
             scaled = f"{f.matmul.input[f.index]}/prescaled_for/{f.node.name}"
             new_matmul = onnx.NodeProto()
             new_matmul.CopyFrom(f.matmul)
             new_matmul.input[f.index] = scaled
             by_output[f.matmul.output[0]] = [
+                _constant(gamma_name, np.array(f.gamma, np.float32)),
                 helper.make_node("Mul", [f.matmul.input[f.index], gamma_name], [scaled],
                                  name=f"{f.node.name}/prescale"), new_matmul]
             how = f"on {f.matmul.name}'s operand {f.matmul.input[f.index]} ({f.operand_size} truncations)"
@@ -155,6 +154,11 @@ def fold_prescales(model: onnx.ModelProto, rewrites: list[dict]) -> onnx.ModelPr
     out.graph.node.extend(nodes)
     protocols.add_functions(out, added)
     return out
+
+
+def _constant(name: str, value: np.ndarray) -> onnx.NodeProto:
+    # a Constant node, not an initializer: float initializers are the model owner's secret weights
+    return helper.make_node("Constant", [], [name], name=name, value=numpy_helper.from_array(value, name))
 
 
 def _update_entry(entry: dict, fold: _Fold, s_protocol, score_shape, how: str, extra: tuple[float, int]) -> None:

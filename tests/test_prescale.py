@@ -95,7 +95,10 @@ def test_the_input_scale_moves_onto_the_query(scaled_query):
     muls = [n for n in folded.graph.node if n.op_type == "Mul"]
     assert len(muls) == 1 and muls[0].input[0] == "q"                 # merged, or a new one on q
     gamma = input_scale(protocol)
-    merged = numpy_helper.to_array(next(i for i in folded.graph.initializer if i.name == muls[0].input[1]))
+    # a public constant (a Constant node): a float initializer would be taken for a secret weight
+    assert all(i.name != muls[0].input[1] for i in folded.graph.initializer)
+    constant = next(n for n in folded.graph.node if n.op_type == "Constant" and n.output[0] == muls[0].input[1])
+    merged = numpy_helper.to_array(constant.attribute[0].t)
     assert float(merged) == pytest.approx((0.5774 if scaled_query else 1.0) * gamma, rel=1e-6)
     # merged: one truncation per score fewer; a new Mul on q: 36 truncations instead of 72
     assert entry["est_bytes_after"] < _entry(protocol)["est_bytes_after"]
