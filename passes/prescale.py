@@ -84,8 +84,11 @@ def _why_not(view: GraphView, node: onnx.NodeProto, outputs: set[str]) -> tuple[
 
 
 def _scalar_const(view: GraphView, scale: onnx.NodeProto) -> int | None:
-    """Which input of a Mul/Div is a one-element float constant (a Div's divisor only)."""
+    """Which input of a Mul/Div is a one-element public float constant (a Div's divisor only). Initializers do not
+    count: a float initializer is the model owner's secret weight, and merging it into a constant would reveal it."""
     for i in ((1, 0) if scale.op_type == "Mul" else (1,)):
+        if scale.input[i] in view.initializers:
+            continue
         value = view.constant(scale.input[i])
         if value is not None and value.size == 1 and np.issubdtype(value.dtype, np.floating):
             return i

@@ -48,21 +48,24 @@ def test_prescaled_softmax_takes_the_scaled_input(softmax):
     np.testing.assert_allclose(got, softmax.numpy_fn(x, axis=-1), rtol=1e-9, atol=1e-12)
 
 
-def _attention(scaled_query: bool = True, extra_user: bool = False, protocol=None) -> onnx.ModelProto:
-    """scores = (q * c) @ k (or q @ k) -> a softmax protocol node."""
+def _attention(scaled_query: bool = True, extra_user: bool = False, protocol=None,
+               secret_scale: bool = False) -> onnx.ModelProto:
+    """scores = (q * c) @ k (or q @ k) -> a softmax protocol node; ``secret_scale``: c is an initializer (the model
+    owner's weight) instead of a Constant node."""
     protocol = protocol or SOFTMAXES[0]
     q = helper.make_tensor_value_info("q", TensorProto.FLOAT, [2, 6, 3])
     k = helper.make_tensor_value_info("k", TensorProto.FLOAT, [2, 3, 6])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 6, 6])
     c = numpy_helper.from_array(np.array(0.5774, np.float32), "c")
-    nodes = ([helper.make_node("Mul", ["q", "c"], ["qs"], name="scale")] if scaled_query else []) + [
+    nodes = ([] if secret_scale or not scaled_query else [helper.make_node("Constant", [], ["c"], name="c", value=c)]
+             ) + ([helper.make_node("Mul", ["q", "c"], ["qs"], name="scale")] if scaled_query else []) + [
         helper.make_node("MatMul", ["qs" if scaled_query else "q", "k"], ["s"], name="scores"),
         protocols.make_node(protocol, ["s"], "y", "softmax", axis=-1)]
     outputs = [y]
     if extra_user:
         nodes.append(helper.make_node("Relu", ["s"], ["r"], name="other"))
         outputs.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, [2, 6, 6]))
-    graph = helper.make_graph(nodes, "g", [q, k], outputs, [c])
+    graph = helper.make_graph(nodes, "g", [q, k], outputs, [c] if secret_scale else [])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     protocols.add_functions(model, [protocol])
     return model
@@ -120,3 +123,14 @@ def test_the_report_says_where_the_scale_went():
     fold_prescales(_attention(), [entry])
     report = {"mode": "cipherdm", "rewrites": [entry], "declined": []}
     assert "Softmax input scale folded into the score product" in render_markdown(report)
+
+
+def test_a_secret_scale_is_not_merged():
+    """A float initializer is the owner's weight: merging it into a public constant would reveal it."""
+    model = _attention(secret_scale=True)
+    folded = fold_prescales(model, [_entry(SOFTMAXES[0])])
+    muls = [n for n in folded.graph.node if n.op_type == "Mul"]
+    assert len(muls) == 2 and any(m.input == ["q", "c"] for m in muls)      # kept, and a new Mul on its output
+    constants = [numpy_helper.to_array(n.attribute[0].t) for n in folded.graph.node if n.op_type == "Constant"]
+    assert all(abs(float(v) - 0.5774 * input_scale(SOFTMAXES[0])) > 1e-6 for v in constants)
+    np.testing.assert_allclose(_run(folded, _inputs())[0], _run(model, _inputs())[0], rtol=1e-5, atol=1e-6)
