@@ -84,3 +84,68 @@ def hoist_scales(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[dict]]:
                         "operand": matmul.input[index],
                         "elements_before": int(np.prod(out_shape)), "elements_after": int(np.prod(operand_shape))})
     return out, entries
+
+
+def _public_scale(view: GraphView, operand: str, matmul: onnx.NodeProto) -> tuple[onnx.NodeProto, int] | None:
+    """(the Mul, the index of its constant) when ``operand`` is a Mul by a one-element public float constant (a
+    Constant node: an initializer is the owner's secret weight) whose only consumer is ``matmul``."""
+    mul = view.producer.get(operand)
+    if mul is None or mul.op_type != "Mul" or mul.domain not in ("", "ai.onnx") or len(mul.input) != 2 \
+            or view.only_consumer(operand) is not matmul:
+        return None
+    for i in (1, 0):
+        if mul.input[i] in view.initializers:
+            continue
+        value = view.constant(mul.input[i])
+        if value is not None and value.size == 1 and np.issubdtype(value.dtype, np.floating) \
+                and mul.input[i] in view.constants and value.ndim <= len(view.shape(mul.input[1 - i]) or ()):
+            return mul, i
+    return None
+
+
+def merge_operand_scales(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[dict]]:
+    """(A * a) @ (B * b) = (A * ab) @ B for public scalar constants a and b, the product on the smaller operand.
+
+    torch's export of scaled_dot_product_attention scales both the query and the key by sqrt(1/sqrt(d)): two
+    truncations per element of each, where one on the query does. Returns the model and one report entry per
+    merge (in the form of :func:`hoist_scales`' entries)."""
+    from onnx import numpy_helper
+
+    view = GraphView(model)
+    replace: dict[str, list[onnx.NodeProto]] = {}      # output name -> the nodes emitted in its place
+    entries = []
+    for node in model.graph.node:
+        if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx"):
+            continue
+        scales = [_public_scale(view, name, node) for name in node.input]
+        shapes = [view.shape(name) for name in node.input]
+        if any(s is None for s in scales) or any(s is None for s in shapes) or node.input[0] == node.input[1]:
+            continue
+        sizes = [int(np.prod(s)) for s in shapes]
+        keep = int(np.argmin(sizes))
+        (kept, kept_i), (dropped, dropped_i) = scales[keep], scales[1 - keep]
+        merged = view.constant(kept.input[kept_i]) * view.constant(dropped.input[dropped_i])
+        merged_name = f"{kept.output[0]}/merged_scale"
+        new_kept = onnx.NodeProto()
+        new_kept.CopyFrom(kept)
+        new_kept.input[kept_i] = merged_name
+        replace[kept.output[0]] = [
+            helper.make_node("Constant", [], [merged_name], name=merged_name,
+                             value=numpy_helper.from_array(merged.astype(view.constant(kept.input[kept_i]).dtype),
+                                                           merged_name)), new_kept]
+        replace[dropped.output[0]] = []
+        new_matmul = onnx.NodeProto()
+        new_matmul.CopyFrom(node)
+        new_matmul.input[1 - keep] = dropped.input[1 - dropped_i]
+        replace[node.output[0]] = [new_matmul]
+        entries.append({"pattern": "scale", "nodes": [dropped.name, kept.name, node.name], "op": "Mul",
+                        "operand": kept.input[1 - kept_i], "elements_before": sizes[0] + sizes[1],
+                        "elements_after": sizes[keep]})
+    if not entries:
+        return model, []
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.node[:]
+    for node in model.graph.node:
+        out.graph.node.extend(replace.get(node.output[0], [node]) if node.output else [node])
+    return out, entries

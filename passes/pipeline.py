@@ -21,7 +21,8 @@ from passes.expand_attention import EXPANDED_FROM, expand_attention
 from passes.fuse_attention import fuse_attention
 from passes import model_check
 from passes.graph_view import GraphView
-from passes.hoist_scale import hoist_scales
+from passes.fold_constants import fold_constants
+from passes.hoist_scale import hoist_scales, merge_operand_scales
 from passes.prescale import fold_prescales
 from passes.model_check import DEFAULT_MODEL_ERROR
 from passes.relax import relax
@@ -50,6 +51,8 @@ def rewrite(model: onnx.ModelProto, *, public_inputs=frozenset(), calibration: l
     """
     original = model
     model, attention_declined = expand_attention(_at_least_opset_18(model))
+    model, folded = fold_constants(model)
+    model, merged = merge_operand_scales(model)
     model, hoisted = hoist_scales(model)
     expanded_from = {n.name: m.value for n in model.graph.node for m in n.metadata_props if m.key == EXPANDED_FROM}
     canon = canonicalize(model, set(public_inputs))
@@ -109,7 +112,8 @@ def rewrite(model: onnx.ModelProto, *, public_inputs=frozenset(), calibration: l
     out = fuse_attention(chosen.model, chosen.rewrites, GraphView(chosen.model).shape)
     out = fold_prescales(out, chosen.rewrites)
     report["rewrites"] = chosen.rewrites
-    report["scales_hoisted"] = hoisted
+    report["scales_hoisted"] = merged + hoisted
+    report["constants_folded"] = len(folded)
     report["calibration"] = _calibration_note(calibration, calibration_source)
     report["knobs"] = chosen.knobs.to_json()
     add_totals(report)

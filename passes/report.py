@@ -64,7 +64,8 @@ def render_markdown(report: dict) -> str:
                     f"{'yes' if s['kept'] else 'no'} |" for i, s in enumerate(steps, 1)]
             out.append("")
     for h in report.get("scales_hoisted") or []:
-        out += [f"Scale moved before the product: {h['nodes'][0]} ({h['op']} by a constant) now scales "
+        what = "Scales of both operands merged" if len(h["nodes"]) == 3 else "Scale moved before the product"
+        out += [f"{what}: {h['nodes'][0]} ({h['op']} by a constant) now scales "
                 f"{h['operand']} ({h['elements_after']} elements instead of {h['elements_before']}).", ""]
     if t:
         saved = t["est_bytes_before"] / t["est_bytes_after"] if t.get("est_bytes_after") else float("inf")
