@@ -81,6 +81,11 @@ def run_spu(lowered, inputs: dict) -> np.ndarray:
 
 
 CASES = {
+    # batches as one product against a block-diagonal operand (compiler/ops/linalg.py), and one that stays batched
+    "MatMul_batched_short_contraction": (dict(op="MatMul", inputs={"a": f32(2, 4, 6, 8), "b": f32(2, 4, 8, 5)},
+                                              weights={}), LINEAR),
+    "MatMul_batched_long_contraction": (dict(op="MatMul", inputs={"a": f32(2, 3, 70), "b": f32(2, 70, 4)},
+                                             weights={}), LINEAR),
     "Conv_groups2": (dict(op="Conv", inputs={"x": f32(1, 4, 6, 6)}, weights={"w": f32(6, 2, 3, 3), "b": f32(6)},
                           attrs={"group": 2, "pads": [1, 1, 1, 1]}), LINEAR),
     "Conv_depthwise_stride2": (dict(op="Conv", inputs={"x": f32(1, 4, 7, 7)}, weights={"w": f32(4, 1, 3, 3)},
@@ -162,3 +167,18 @@ def test_spu_scaling_by_a_small_constant(op):
     want = x.astype(np.float64) / 6272.0
     error = float(np.max(np.abs(run_spu(lowered, {"x": x}) - want)))
     assert error <= LINEAR, f"max abs error {error:.2e} (a 1.9% low constant gives ~0.2)"
+
+
+def test_batched_matmul_runs_as_one_product():
+    """8 batches of [6, 8] x [8, 5]: one SPU product (a few rounds), not one per batch (~3 rounds each)."""
+    from runtime.spu_profile import profile_run
+    from compiler.ops.linalg import _batched_as_one_product
+
+    a, b = f32(2, 4, 6, 8), f32(2, 4, 8, 5)
+    want = np.einsum("xyij,xyjk->xyik", a.astype(np.float64), b.astype(np.float64))
+    flat = profile_run(_batched_as_one_product, [a, b])
+    batched = profile_run(lambda x, y: x @ y, [a, b])
+    assert float(np.max(np.abs(flat.outputs[0] - want))) <= LINEAR
+    assert flat.profile.ops["MPC"]["mmul_aa"].count == 1 and batched.profile.ops["MPC"]["mmul_aa"].count == 8
+    assert flat.rounds <= 6 < 3 * 8 <= batched.rounds + 2
+    assert flat.total_bytes == pytest.approx(batched.total_bytes, rel=0.01)   # the same 240 outputs exchanged
