@@ -413,8 +413,10 @@ def _conv(n: Node) -> NodeCost:
 
 
 def _matmul_batches(a_shape, b_shape, out_shape) -> int:
-    """SPU runs dot_general batch by batch when both operands carry batch dimensions."""
-    if len(a_shape) <= 2 or len(b_shape) <= 2:
+    """SPU runs dot_general batch by batch when both operands carry batch dimensions, unless the lowering made
+    the batches one product (compiler/ops/linalg.py: a short contraction)."""
+    from compiler.ops.linalg import runs_as_one_product
+    if len(a_shape) <= 2 or len(b_shape) <= 2 or runs_as_one_product(a_shape, b_shape):
         return 1
     return _size(out_shape[:-2])
 

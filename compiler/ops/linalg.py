@@ -19,15 +19,21 @@ FLAT_MAX_CONTRACTION = 256
 FLAT_MAX_BLOCK = 1 << 22        # elements of the block-diagonal operand
 
 
+def runs_as_one_product(a_shape, b_shape) -> bool:
+    """Whether MatMul lowers a batched product of these shapes as one product (also read by passes/cost.py)."""
+    if len(a_shape) < 3 or len(a_shape) != len(b_shape) or tuple(a_shape[:-2]) != tuple(b_shape[:-2]):
+        return False
+    batch = int(np.prod(a_shape[:-2]))
+    contraction, columns = a_shape[-1], b_shape[-1]
+    return 1 < batch and batch * contraction <= FLAT_MAX_CONTRACTION \
+        and batch * contraction * batch * columns <= FLAT_MAX_BLOCK
+
+
 @register("MatMul")
 def matmul(ctx):
     a, b = ctx.inputs
-    if a.ndim >= 3 and a.ndim == b.ndim and a.shape[:-2] == b.shape[:-2]:
-        batch = int(np.prod(a.shape[:-2]))
-        contraction, columns = a.shape[-1], b.shape[-1]
-        if 1 < batch and batch * contraction <= FLAT_MAX_CONTRACTION \
-                and batch * contraction * batch * columns <= FLAT_MAX_BLOCK:
-            return _batched_as_one_product(a, b)
+    if runs_as_one_product(a.shape, b.shape):
+        return _batched_as_one_product(a, b)
     return jnp.matmul(a, b)
 
 
