@@ -147,13 +147,16 @@ def choose(op: str, shape: tuple, attrs: dict, stats: TensorStats | None, budget
             candidate = op_module(op).specialize(candidate, stats.cases, attrs.get("axis", -1))
             if candidate is None:
                 continue  # the rows' max - mean is too large for a shift without the max
+        forms = [candidate]
         if hasattr(op_module(op), "specialize_shape"):
-            candidate = op_module(op).specialize_shape(candidate, shape, attrs, interval, fraction_bits)
-        error = measure(candidate, op, sample_sets, kwargs, fraction_bits)
-        if error["max"] <= budget:
-            return Choice(candidate, interval, error, _name_and_error(closest))
-        if closest is None or error["max"] < closest[1]["max"]:
-            closest = (candidate, error)
+            # this node's forms of the candidate (its shape, its calibrated range), the preferred first
+            forms = op_module(op).specialize_shape(candidate, shape, attrs, interval, fraction_bits)
+        for form in forms:
+            error = measure(form, op, sample_sets, kwargs, fraction_bits)
+            if error["max"] <= budget:
+                return Choice(form, interval, error, _name_and_error(closest))
+            if closest is None or error["max"] < closest[1]["max"]:
+                closest = (form, error)
     direct_error = measure(direct, op, sample_sets, kwargs, fraction_bits)
     if closest is None:
         return Choice(None, interval, direct_error, None,

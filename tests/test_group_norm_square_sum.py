@@ -38,12 +38,12 @@ def test_shift_grows_with_the_sums_and_the_fraction_bits():
 
 def test_specialized_protocol_is_the_same_function():
     base = _base()
-    special = specialize_shape(base, (2, 8, 12, 12), {"num_groups": 4}, (0.1, 2.0), 22)
+    special = specialize_shape(base, (2, 8, 12, 12), {"num_groups": 4}, (0.1, 2.0), 22)[-1]
     assert special.name == f"{BASE}@sq0" and special.params["square_sum"] == {"shift": 0}
     x, scale, bias = _inputs()
     np.testing.assert_allclose(special.numpy_fn(x, scale, bias, num_groups=4),
                                base.numpy_fn(x, scale, bias, num_groups=4), rtol=0, atol=1e-12)
-    assert specialize_shape(base, (2, 8, 12, 12), {}, (0.1, 2.0), 22) is base       # LayerNorm-like: no groups
+    assert specialize_shape(base, (2, 8, 12, 12), {}, (0.1, 2.0), 22) == [base]     # LayerNorm-like: no groups
 
 
 @pytest.mark.parametrize("bits,var,shift", [(22, 0.5, 0), (22, 0.5, 3), (18, 4.0, 0)])
@@ -67,3 +67,50 @@ def test_product_variance_under_spu(bits, var, shift):
     float_error = float(np.max(np.abs(base.numpy_fn(x, scale, bias, num_groups=4) - reference)))
     # as accurate as the per-element squares, within SPU's own rounding
     assert results["product"][1] <= max(2 * results["squares"][1], float_error + 2e-3)
+
+
+@pytest.mark.parametrize("interval", [(0.07, 0.13), (0.3, 0.75), (0.9, 2.3), (0.02, 0.25)])
+def test_calibrated_rsqrts_are_what_they_claim(interval):
+    from runtime.protocols.families import rsqrt_eval
+    from runtime.protocols.backends import NumpyBackend
+    from runtime.protocols.group_norm import RSQRT_REL_CAP, calibrated_rsqrts
+
+    specs = calibrated_rsqrts(interval)
+    assert specs
+    errors = []
+    for spec in specs:
+        p = spec["params"]
+        lo, hi = p["interval"]
+        assert lo <= interval[0] and hi >= interval[1] and hi / lo <= 16 and p["segments"] == 1
+        x = np.geomspace(lo, hi, 20001)
+        error = float(np.max(np.abs(rsqrt_eval(NumpyBackend(), p, x) * np.sqrt(x) - 1.0)))
+        assert error <= max(spec["predicted_rel_error"] * 1.2, 1e-9) and error <= RSQRT_REL_CAP
+        errors.append(error)
+        outside = rsqrt_eval(NumpyBackend(), p, np.array([lo / 10, hi * 10]))     # clamped: the ends' values
+        np.testing.assert_allclose(outside, [lo ** -0.5, hi ** -0.5], rtol=2 * error + 1e-9)
+    assert errors == sorted(errors, reverse=True)          # each later form (more rounds) is more accurate
+
+
+def test_wide_ranges_keep_the_fitted_variants():
+    from runtime.protocols.group_norm import calibrated_rsqrts
+    assert calibrated_rsqrts((0.01, 100.0)) == [] and calibrated_rsqrts((0.0, 1.0)) == []
+
+
+def test_calibrated_rsqrt_under_spu_saves_rounds():
+    from runtime.spu_profile import profile_run
+
+    base = _base()
+    forms = specialize_shape(base, (2, 8, 12, 12), {"num_groups": 4}, (0.3, 0.75), 22)
+    narrow, wide = forms[-2], forms[-1]               # the most accurate narrow form, and the fitted variant
+    assert "@rs" in narrow.name and "@rs" not in wide.name
+    x, scale, bias = _inputs(var=0.5)
+    reference = group_norm.reference(x, scale, bias, 4)
+    config = SecureConfig().with_runtime(fxp_fraction_bits=22)
+    runs = {}
+    for p in (narrow, wide):
+        with fxp_scale.fraction_bits(22):
+            runs[p.name] = profile_run(lambda a, s, b: p.jax_fn(a, s, b, num_groups=4, epsilon=1e-5),
+                                       [x, scale, bias], config=config)
+    n, w = runs[narrow.name], runs[wide.name]
+    assert n.rounds < w.rounds
+    assert float(np.max(np.abs(n.outputs[0] - reference))) <= 2e-3

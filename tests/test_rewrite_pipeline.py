@@ -144,10 +144,11 @@ def test_relax_gives_back_accuracy_the_target_does_not_need(monkeypatch):
     budgets = [r["budget"] for r in relaxed.report["rewrites"]]
     assert max(budgets) <= 5e-2
     assert "Relax (loosen tightened budgets" in render_markdown(relaxed.report)
-    # On this fixture a later attempt misses what an earlier one met: relax starts from the most accurate
-    # attempt within the target, not from the last one.
+    # Relax starts from the most accurate attempt within the target (a later attempt can miss what an earlier
+    # one met: the error is not monotone in the budgets), which the report names when it is not the last.
     errors = [a["error"] for a in check["attempts"]]
-    assert errors[-1] > 5e-3 and check["kept_attempt"] == 1 + errors.index(min(e for e in errors if e <= 5e-3))
+    best = 1 + errors.index(min(e for e in errors if e <= 5e-3))
+    assert check.get("kept_attempt") == (None if best == len(errors) else best)
 
 
 def test_attention_is_normalised_after_the_value_matmul():

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from functools import lru_cache
 
 import numpy as np
 
@@ -128,13 +129,67 @@ def square_sum_shift(shape, num_groups: int, var_high: float, fraction_bits: int
     return shift if shift <= bits // 2 else None
 
 
-def specialize_shape(protocol, shape, attrs: dict, interval, fraction_bits: int | None):
-    """The protocol with its variance as one sum-of-squares product for this node, where that fits (see
-    :func:`square_sum_shift`; ``interval`` is the node's variance range, calibrated or conservative)."""
+def specialize_shape(protocol, shape, attrs: dict, interval, fraction_bits: int | None) -> list:
+    """This node's forms of the protocol, the preferred first: the variance as one sum-of-squares product where
+    that fits (see :func:`square_sum_shift`), and the rsqrt fitted on the node's own variance range where that is
+    narrow (see :func:`calibrated_rsqrt`); ``interval`` is the node's variance range, calibrated or conservative.
+    The chooser takes the first whose error meets the budget."""
     if protocol.family != "norm" or "num_groups" not in attrs:
-        return protocol
+        return [protocol]
     shift = square_sum_shift(shape, attrs["num_groups"], float(interval[1]), fraction_bits)
-    if shift is None:
-        return protocol
-    return dataclasses.replace(protocol, name=f"{protocol.name}@sq{shift}",
-                               params={**protocol.params, "square_sum": {"shift": shift}})
+    if shift is not None:
+        protocol = dataclasses.replace(protocol, name=f"{protocol.name}@sq{shift}",
+                                       params={**protocol.params, "square_sum": {"shift": shift}})
+    narrow = []
+    for rsqrt in calibrated_rsqrts(interval):
+        p = rsqrt["params"]
+        lo, hi = p["interval"]
+        narrow.append(dataclasses.replace(
+            protocol, name=f"{protocol.name}@rs{lo:.4g}-{hi:.4g}.d{p['degree']}.n{p['newton_steps']}",
+            params={**protocol.params, "rsqrt": rsqrt}))
+    return narrow + [protocol]
+
+
+# The rsqrt of a norm runs once per group: its bytes are nothing, its rounds (~45 of a GroupNorm's ~57 with a
+# wide-range variant: 4 segments and 2 Newton steps) are what it costs. On a node's own narrow variance range one
+# polynomial guess (degree 2 or 3) is accurate without Newton steps, or with one or two.
+RSQRT_REL_CAP = 2e-3              # forms predicted less accurate than this are not offered
+RSQRT_GRID = 2.0 ** 0.125         # interval ends snap outward to this geometric grid (fewer distinct fits)
+RSQRT_MAX_RATIO = 16.0
+# by rounds: a degree-3 guess takes one product more than degree 2 (3 rounds), a Newton step three (9 rounds)
+RSQRT_FORMS = [(2, 0), (3, 0), (2, 1), (3, 1), (2, 2), (3, 2)]
+
+
+@lru_cache(maxsize=256)
+def _rsqrt_fit(lo: float, hi: float, degree: int):
+    from runtime.protocols.reciprocal import guess_coefficients
+    return guess_coefficients([lo, hi], 1, degree, 0.5)
+
+
+def calibrated_rsqrts(interval) -> list[dict]:
+    """newton_rsqrt specs fitted on ``interval`` (snapped outward to RSQRT_GRID), by rounds, each the most
+    accurate up to its rounds, down to one whose relative error (after its Newton steps, predicted from the
+    guess's) is below 1e-6; none for a wide range. The clamp to the interval stays: a variance beyond it gets the
+    end's value (sane), never an extrapolated polynomial."""
+    low, high = (float(v) for v in interval)
+    if not (0 < low < high and math.isfinite(high)):
+        return []
+    step = math.log(RSQRT_GRID)
+    lo = math.exp(math.floor(math.log(low) / step) * step)
+    hi = math.exp(math.ceil(math.log(high) / step) * step)
+    if hi / lo > RSQRT_MAX_RATIO:
+        return []
+    specs, best = [], math.inf
+    for degree, steps in RSQRT_FORMS:
+        coeffs, error = _rsqrt_fit(lo, hi, degree)
+        for _ in range(steps):
+            error = 1.5 * error * error      # Newton on rsqrt: e -> 3/2 e^2 (leading term)
+        if error > RSQRT_REL_CAP or error >= best:
+            continue
+        best = error
+        specs.append({"family": "newton_rsqrt", "predicted_rel_error": error, "params": {
+            "interval": [lo, hi], "segments": 1, "degree": degree, "coeffs": coeffs, "newton_steps": steps,
+            "clamp": True}})
+        if error < 1e-6:
+            break
+    return specs
