@@ -87,8 +87,9 @@ def _scalar_const(view: GraphView, scale: onnx.NodeProto) -> int | None:
     """Which input of a Mul/Div is a one-element public float constant (a Div's divisor only). Initializers do not
     count: a float initializer is the model owner's secret weight, and merging it into a constant would reveal it."""
     for i in ((1, 0) if scale.op_type == "Mul" else (1,)):
-        if scale.input[i] in view.initializers:
-            continue
+        producer = view.producer.get(scale.input[i])
+        if producer is None or producer.op_type != "Constant":
+            continue      # a Constant node only: its dtype is the Mul's (a Cast of one would not be)
         value = view.constant(scale.input[i])
         if value is not None and value.size == 1 and np.issubdtype(value.dtype, np.floating):
             return i
