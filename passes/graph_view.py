@@ -61,6 +61,18 @@ class GraphView:
                 return inner.astype(np.float64) if producer.op_type != "Identity" else inner
         return None
 
+    def public_scalar(self, name: str) -> np.ndarray | None:
+        """The value of a one-element float Constant node (not an initializer: a float initializer is the model
+        owner's secret weight, and baking it into a merged constant would reveal it; not a Cast of a constant,
+        whose dtype would differ from the node it feeds), else None."""
+        producer = self.producer.get(name)
+        if producer is None or producer.op_type != "Constant" or producer.domain not in ("", "ai.onnx"):
+            return None
+        value = self.constants.get(name)
+        if value is None or value.size != 1 or not np.issubdtype(value.dtype, np.floating):
+            return None
+        return value
+
     def scalar(self, name: str) -> float | None:
         value = self.constant(name)
         if value is None or value.size != 1:

@@ -94,11 +94,8 @@ def _public_scale(view: GraphView, operand: str, matmul: onnx.NodeProto) -> tupl
             or view.only_consumer(operand) is not matmul:
         return None
     for i in (1, 0):
-        if mul.input[i] in view.initializers:
-            continue
-        value = view.constant(mul.input[i])
-        if value is not None and value.size == 1 and np.issubdtype(value.dtype, np.floating) \
-                and mul.input[i] in view.constants and value.ndim <= len(view.shape(mul.input[1 - i]) or ()):
+        value = view.public_scalar(mul.input[i])
+        if value is not None and value.ndim <= len(view.shape(mul.input[1 - i]) or ()):
             return mul, i
     return None
 
@@ -124,15 +121,15 @@ def merge_operand_scales(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[
         sizes = [int(np.prod(s)) for s in shapes]
         keep = int(np.argmin(sizes))
         (kept, kept_i), (dropped, dropped_i) = scales[keep], scales[1 - keep]
-        merged = view.constant(kept.input[kept_i]) * view.constant(dropped.input[dropped_i])
+        kept_value = view.public_scalar(kept.input[kept_i])
+        merged = (kept_value * view.public_scalar(dropped.input[dropped_i])).astype(kept_value.dtype)
         merged_name = f"{kept.output[0]}/merged_scale"
         new_kept = onnx.NodeProto()
         new_kept.CopyFrom(kept)
         new_kept.input[kept_i] = merged_name
         replace[kept.output[0]] = [
             helper.make_node("Constant", [], [merged_name], name=merged_name,
-                             value=numpy_helper.from_array(merged.astype(view.constant(kept.input[kept_i]).dtype),
-                                                           merged_name)), new_kept]
+                             value=numpy_helper.from_array(merged, merged_name)), new_kept]
         replace[dropped.output[0]] = []
         new_matmul = onnx.NodeProto()
         new_matmul.CopyFrom(node)

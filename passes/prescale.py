@@ -51,6 +51,7 @@ class _Fold:
     matmul: onnx.NodeProto
     index: int                  # the MatMul operand that takes the scale
     scale: onnx.NodeProto | None  # that operand's own scalar scale, merged with gamma; None: a new Mul
+    const_index: int | None     # which input of ``scale`` is its constant
     operand_size: int
 
 
@@ -76,22 +77,19 @@ def _why_not(view: GraphView, node: onnx.NodeProto, outputs: set[str]) -> tuple[
         return "neither MatMul operand is smaller than the product", None
     operand = matmul.input[index]
     scale = view.producer.get(operand)
-    if not (scale is not None and scale.op_type in SCALES and scale.domain in ("", "ai.onnx")
-            and len(scale.input) == 2 and view.only_consumer(operand) is matmul and operand not in outputs
-            and _scalar_const(view, scale) is not None):
+    const_index = None
+    if scale is not None and scale.op_type in SCALES and scale.domain in ("", "ai.onnx") and len(scale.input) == 2 \
+            and view.only_consumer(operand) is matmul and operand not in outputs:
+        const_index = _scalar_const(view, scale)
+    if const_index is None:
         scale = None
-    return None, _Fold(node, protocol, gamma, matmul, index, scale, sizes[index])
+    return None, _Fold(node, protocol, gamma, matmul, index, scale, const_index, sizes[index])
 
 
 def _scalar_const(view: GraphView, scale: onnx.NodeProto) -> int | None:
-    """Which input of a Mul/Div is a one-element public float constant (a Div's divisor only). Initializers do not
-    count: a float initializer is the model owner's secret weight, and merging it into a constant would reveal it."""
+    """Which input of a Mul/Div is a one-element public float constant (a Div's divisor only)."""
     for i in ((1, 0) if scale.op_type == "Mul" else (1,)):
-        producer = view.producer.get(scale.input[i])
-        if producer is None or producer.op_type != "Constant":
-            continue      # a Constant node only: its dtype is the Mul's (a Cast of one would not be)
-        value = view.constant(scale.input[i])
-        if value is not None and value.size == 1 and np.issubdtype(value.dtype, np.floating):
+        if view.public_scalar(scale.input[i]) is not None:
             return i
     return None
 
@@ -127,8 +125,8 @@ def fold_prescales(model: onnx.ModelProto, rewrites: list[dict]) -> onnx.ModelPr
                                                            f.node.name, **attrs)]
         gamma_name = f"{f.node.name}/input_scale"
         if f.scale is not None:
-            i = _scalar_const(view, f.scale)
-            value = view.constant(f.scale.input[i])
+            i = f.const_index
+            value = view.public_scalar(f.scale.input[i])
             merged = value * f.gamma if f.scale.op_type == "Mul" else value / f.gamma
             new_scale = onnx.NodeProto()
             new_scale.CopyFrom(f.scale)

@@ -50,3 +50,11 @@ def float_dtype(x):
     """The dtype computations on ``x`` should use (integers are computed in float32)."""
     dt = dtype_of(x)
     return dt if jnp.issubdtype(dt, jnp.floating) else np.dtype(np.float32)
+
+
+def block_diagonal(blocks):
+    """[B, r, c] -> [B*r, B*c] with block i at rows i*r.., columns i*c.. and zeros elsewhere. Built by padding, so
+    under SPU the zeros are public and the construction exchanges nothing."""
+    count, _, cols = blocks.shape
+    return jnp.concatenate([jnp.pad(blocks[i], ((0, 0), (i * cols, (count - 1 - i) * cols))) for i in range(count)],
+                           axis=0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from compiler.ops._common import dtype_of
+from compiler.ops._common import block_diagonal, dtype_of
 from compiler.registry import register
 
 
@@ -43,8 +43,7 @@ def _batched_as_one_product(a, b):
     batch = int(np.prod(batch_shape))
     a3, b3 = jnp.reshape(a, (batch, m, k)), jnp.reshape(b, (batch, k, n))
     left = jnp.reshape(jnp.transpose(a3, (1, 0, 2)), (m, batch * k))
-    blocks = jnp.concatenate([jnp.pad(b3[i], ((0, 0), (i * n, (batch - 1 - i) * n))) for i in range(batch)], axis=0)
-    out = jnp.reshape(left @ blocks, (m, batch, n))
+    out = jnp.reshape(left @ block_diagonal(b3), (m, batch, n))
     return jnp.reshape(jnp.transpose(out, (1, 0, 2)), (*batch_shape, m, n))
 
 

@@ -104,7 +104,6 @@ def variants():
     return [direct_variant(), *knob_variants(), *fold_variants(), *load_fitted(OP)]
 
 
-
 # A group's sum of squares is n * var: untruncated it holds 2f fraction bits and must stay below 2^62 (FM64: the
 # sign bit and one bit of slack). It is a square of the values, so it gets the square of the margin
 # passes/fixed_point.py gives a value (4) for inputs the calibration did not see.
@@ -132,7 +131,7 @@ def square_sum_shift(shape, num_groups: int, var_high: float, fraction_bits: int
 def specialize_shape(protocol, shape, attrs: dict, interval, fraction_bits: int | None) -> list:
     """This node's forms of the protocol, the preferred first: the variance as one sum-of-squares product where
     that fits (see :func:`square_sum_shift`), and the rsqrt fitted on the node's own variance range where that is
-    narrow (see :func:`calibrated_rsqrt`); ``interval`` is the node's variance range, calibrated or conservative.
+    narrow (see :func:`calibrated_rsqrts`); ``interval`` is the node's variance range, calibrated or conservative.
     The chooser takes the first whose error meets the budget."""
     if protocol.family != "norm" or "num_groups" not in attrs:
         return [protocol]
