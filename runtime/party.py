@@ -91,6 +91,13 @@ class PartiesConfig:
     def role_of(self, rank: int) -> list[str]:
         return [role for role, r in self.roles.items() if r == rank]
 
+    def parties_on_host(self, rank: int) -> int:
+        """How many of the parties share ``rank``'s host (by address; the loopback names count as one host)."""
+        def host(address: str) -> str:
+            name = address.rsplit(":", 1)[0].strip("[]").lower()
+            return "loopback" if name in ("localhost", "::1") or name.startswith("127.") else name
+        return sum(host(a) == host(self.addresses[rank]) for a in self.addresses)
+
     def describe(self, rank: int) -> str:
         roles = self.role_of(rank)
         return f"party {rank} ({', '.join(roles) if roles else 'compute only'}, {self.addresses[rank]})"
@@ -600,6 +607,9 @@ def run_party(rank: int, parties: PartiesConfig, artifact_path, *, weights_path=
               output_path=None, log_path=None, on_peer_failure=None) -> PartyResult:
     """Load what this party may see, connect, agree on the program, share, run, reveal to the user."""
     from compiler.artifact import read_artifact, read_inputs, read_weights, save_npz
+    from runtime.threads import limit_openmp_threads
+
+    limit_openmp_threads(parties.parties_on_host(rank))   # before SPU loads: this party's share of the cores
 
     wall_start = time.perf_counter()
     roles = parties.role_of(rank)
