@@ -209,6 +209,48 @@ def test_low_clip_softmax_stays_a_distribution_within_its_headroom():
         assert peak * mod.LOW_CLIP_ROW <= mod.LOW_CLIP_SUM <= 2.0 ** (63 - MAX_BITS - 1)
 
 
+BOUNDED = [q for q in BY_FAMILY["softmax_shift"] if q.params.get("clip") == "bound"]
+
+
+@pytest.mark.parametrize("p", BOUNDED, ids=IDS(BOUNDED))
+def test_bounded_rows_keep_exps_argument_in_range_without_comparing_elements(p):
+    from runtime.protocols.backends import NumpyBackend
+    from runtime.protocols.families import bounded_rows
+    bound, upper, lower = p.params["bound"], p.params["upper"], p.params["exp"]["lower"]
+    assert bound + upper <= -lower and bound - upper <= p.params["headroom"]
+    rng = np.random.default_rng(5)
+    rows = rng.normal(0.0, 1.0, (64, 96)) * np.geomspace(0.01, 40.0, 64)[:, None]
+    rows[0] = 0.0
+    centered = rows - rows.mean(-1, keepdims=True)
+    norms = np.sqrt((centered ** 2).sum(-1))
+    scaled = bounded_rows(NumpyBackend(), centered, bound, -1)
+    inside = norms <= bound
+    assert inside.any() and (~inside).any()
+    np.testing.assert_array_equal(scaled[inside], centered[inside])          # calibrated rows: untouched
+    np.testing.assert_allclose(scaled[~inside], centered[~inside] * (bound / norms[~inside])[:, None], rtol=1e-6)
+    assert np.abs(scaled).max() <= bound * (1 + 1e-9)
+    # so exp's argument x - mean - U never leaves [L, B - U]: the fitted range and its headroom
+    y = p.numpy_fn(rows, axis=-1)
+    assert np.all(y >= 0) and np.allclose(y.sum(-1), 1.0)
+    assert p.cost((64, 96), axis=-1).comparisons == 64   # one comparison per row, none per element
+
+
+def test_bounded_softmax_is_specialised_to_the_calibrated_row_norms():
+    mod = op_module("softmax")
+    template = get("softmax.shiftb.u2.sq.l16.k3.d3")
+    rng = np.random.default_rng(4)
+    rows = rng.normal(0.0, 0.5, (32, 196))
+    node = mod.specialize(template, [rows], -1)
+    norm = float(np.sqrt(((rows - rows.mean(-1, keepdims=True)) ** 2).sum(-1)).max())
+    assert node is not None and node.params["bound"] >= norm * (1 + mod.MARGIN_OF_ROWS)
+    assert node.params["bound"] + node.params["upper"] <= -template.params["exp"]["lower"]
+    # exact on the calibrated rows: the same as the exp polynomial on x - mean - U with no scaling
+    np.testing.assert_allclose(node.numpy_fn(rows, axis=-1),
+                               mod.reference(rows, axis=-1), atol=template.fit["max_error"] + 1e-3)
+    # rows too wide for exp's range would all be scaled down: the variant declines
+    assert mod.specialize(template, [rows * 3], -1) is None
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # reciprocal, rsqrt, norms
 
@@ -444,6 +486,7 @@ def test_cost_scales_with_elements_and_counts_comparisons():
 
 SPU_SUBSET = ["silu.pw.b8.d5", "gelu.pw.b4.s2.d3", "mish.pw.b8.s2.d3", "sigmoid.pw.b8.d5", "tanh.pw.b4.d6",
               "exp.sq.l16.k3.d3", "softmax.max.sq.l12.k2.d3", "softmax.shift.u4.sq.l16.k3.d3",
+              "softmax.shiftb.u2.sq.l12.k2.d3",
               "reciprocal.nt.0.1-10.m2.d2.n3", "rsqrt.nt.0.01-100.m4.d2.n2", "group_norm.fold.nt.0.01-100.m4.d2.n2",
               "layer_norm.rows.nt.0.01-100.m4.d2.n2"]
 FXP_TOL = 1e-3   # 18 fraction bits: rounding of the powers, truncation errors

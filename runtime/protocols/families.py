@@ -16,6 +16,8 @@
 * ``softmax_shift``: no max tree (88 rounds for a row of 256): subtract the row mean plus a calibrated bound U
   on max - mean, exp_square clipped to [L, 0] at both ends (saturating at 1) or, with ``clip`` "low", only
   below L (one comparison per element instead of two), reciprocal per row, multiply.
+  With ``clip`` "bound", no comparison per element: each row of x - mean is scaled into [-B, B] (B from the
+  calibrated rows' sums of squares, B + U within exp's range), see :func:`bounded_rows`.
 * ``newton_reciprocal`` / ``newton_rsqrt``: clamp to the calibrated interval [a, b] (the asymptote beyond),
   split it geometrically into m segments (one batched comparison), scale x into [1/r, 1] by its segment's top
   edge (a select of public constants), a polynomial initial guess fitted (minimax relative error) on
@@ -163,18 +165,38 @@ def softmax_shift(bk, protocol, inputs, axis=-1, **kw):
     (one batched comparison, both clips). max >= mean, so the row sum is at least exp(-U): never 0."""
     x = inputs[0]
     upper = float(protocol.params["upper"])
+    clip = protocol.params.get("clip", "both")
     prescaled = bool(protocol.params.get("prescaled"))
-    if prescaled:
-        upper *= monic_form(protocol.params["exp"])[0]
-    shifted = bk.add_const(bk.sub(x, bk.mean(x, axis)), -upper)
+    gamma = monic_form(protocol.params["exp"])[0] if prescaled else 1.0
+    centered = bk.sub(x, bk.mean(x, axis))
+    if clip == "bound":
+        centered = bounded_rows(bk, centered, gamma * float(protocol.params["bound"]), axis)
+    shifted = bk.add_const(centered, -gamma * upper)
     # clip "low": only exp's lower clip; a row whose max - mean exceeds U gets exp's polynomial extrapolated
     # above 0 (positive and increasing, so still a distribution) instead of a second comparison per element.
-    saturate = protocol.params.get("clip", "both") == "both"
+    # clip "bound": no comparison per element at all (bounded_rows keeps every argument above L).
+    saturate = clip == "both"
     e = exp_square_eval(bk, protocol.params["exp"], shifted, saturate=saturate, prescaled=prescaled)
     if not protocol.params.get("normalize", True):
         return e   # normalised after the value MatMul (passes/fuse_attention.py)
     total = bk.reduce_sum(e, axis)
     return bk.mul(e, bk.native("reciprocal", total))
+
+
+def bounded_rows(bk, centered, bound: float, axis):
+    """Rows of x - mean(x) scaled so that every entry lies in [-bound, bound], with comparisons per row only.
+
+    One entry's square is at most the row's sum of squares S, so |x_j - mean| <= sqrt(S): a row with
+    S <= bound^2 is left exactly as it is, and a row beyond is multiplied by bound / sqrt(S) (SPU's rsqrt, right
+    on its whole range), a lower temperature for that row: its softmax stays a distribution. This replaces exp's
+    per-element lower clip by one multiply per element, a square per element and one comparison per row."""
+    square_sum = bk.reduce_sum(bk.mul(centered, centered), axis)
+    beyond = bk.greater(square_sum, bound * bound)
+    # (+(2^-20 bound)^2: a constant row's S = 0 has no rsqrt; its factor is not used, but must not be infinite in
+    # float; relative to the bound, so a prescaled input gives the same factor)
+    tiny = (bound * 2.0 ** -20) ** 2
+    shrink = bk.add_const(bk.scale(bk.native("rsqrt", bk.add_const(square_sum, tiny)), bound), -1.0)
+    return bk.mul(centered, bk.add_const(bk.where(beyond, shrink), 1.0))
 
 
 # ---------------------------------------------------------------------------------------------------------------
