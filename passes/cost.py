@@ -19,7 +19,8 @@ What a node costs (3-party send bytes, SPU's measured per-element primitives of
   matmul batch by batch, so its rounds grow with the batch count (fitted);
 * elementwise Mul / Div: secret x secret ``mul``, secret x public ``trunc``; division by a compile-time constant is
   a truncated product, by a run-time public value two, by a secret SPU's ``divide``;
-* Add, Sub, Reshape, Transpose, Concat, Slice, Pad, Gather with constant indices, nearest Resize, ReduceSum: free;
+* Add, Sub, Reshape, Transpose, Concat, Slice, Pad, Gather with constant indices, nearest Resize: free; ReduceSum:
+  one truncation per output (a product with ones: runtime/fxp_scale.weighted_sum);
   ReduceMean, Mean, GlobalAveragePool, AveragePool: one truncation per output; linear/cubic Resize: a public
   interpolation matrix per resized axis, one truncation per element of each stage;
 * nonlinear ops in the form the compiler lowers them (SPU's exp, reciprocal, rsqrt, tanh, sigmoid, erf, ... under
@@ -60,7 +61,7 @@ CIPHERDM_DOMAIN = "cipherdm"
 FREE = {
     "Add", "Sub", "Neg", "Identity", "Reshape", "Transpose", "Concat", "Slice", "Squeeze", "Unsqueeze", "Flatten",
     "Expand", "Split", "Pad", "Tile", "Gather", "GatherElements", "GatherND", "ScatterND", "ScatterElements",
-    "ReduceSum", "Sum", "Constant", "ConstantOfShape", "Shape", "Size", "Dropout",
+    "Sum", "Constant", "ConstantOfShape", "Shape", "Size", "Dropout",
     "SpaceToDepth", "DepthToSpace", "Trilu", "CumSum", "Range", "EyeLike",
 }
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
@@ -682,6 +683,15 @@ def _axes(n: Node, rank: int) -> list[int]:
     if not axes:
         return [] if int(n.attrs.get("noop_with_empty_axes", 0)) else list(range(rank))
     return sorted(int(a) % rank for a in axes)
+
+
+@rule("ReduceSum")
+def _reduce_sum(n: Node) -> NodeCost:
+    c = NodeCost(rule="ReduceSum: a product with a public column of ones, one truncation per output")
+    if not n.secret(0) or not _axes(n, len(n.shape(0))) or n.out_size() == _size(n.shape(0)):
+        return c
+    b, r = n.prices.primitive("trunc")
+    return c.add("trunc", b * n.out_size(), r)
 
 
 @rule("ReduceMean")

@@ -70,14 +70,19 @@ def truncations(c: float, bits: int | None = None) -> int:
 
 def scale(x, c: float):
     """x * c for a public constant c, with c's relative encoding error ~2^-f whatever its size."""
-    import jax.numpy as jnp
-
     c = float(c)
     dtype = x.dtype
     shift = _shift(c)
     if shift == 0 or isinstance(x, np.ndarray):
         return x * np.asarray(c, dtype)
-    y = x * np.asarray(c * 2.0 ** shift, dtype)
+    return _unshift(x * np.asarray(c * 2.0 ** shift, dtype), shift)
+
+
+def _unshift(y, shift: int):
+    """y * 2^-shift through 1x1 products (exact powers of two; SPU does not fold them into other constants)."""
+    import jax.numpy as jnp
+
+    dtype = y.dtype
     while shift > 0:
         step = min(shift, _step_bits())
         column = jnp.expand_dims(y, -1)
@@ -86,13 +91,36 @@ def scale(x, c: float):
     return y
 
 
+def weighted_sum(x, axis, keepdims: bool = True, weight: float = 1.0):
+    """weight * the sum of a float tensor over ``axis`` (an int or a tuple), as one product with a public column
+    of weights, the kept axes first. SPU 0.9.5 reduces a tensor by halving slices, an op per level: [8, 196, 196]
+    summed over its last axis took 75 ms for three in-process parties against 6.5 ms as [1568, 196] @ [196, 1]
+    (a product with a public operand exchanges nothing; its one truncation costs 2 rounds and errs by at most a
+    unit of the last place). A small weight goes in as weight * 2^s, then 2^-s (see :func:`scale`)."""
+    import jax.numpy as jnp
+
+    axes = sorted({a % x.ndim for a in (axis if isinstance(axis, (tuple, list)) else (axis,))})
+    count = int(np.prod([x.shape[a] for a in axes], dtype=np.int64))
+    if isinstance(x, np.ndarray) or not jnp.issubdtype(x.dtype, jnp.floating) or count <= 1:
+        total = jnp.sum(x, axis=tuple(axes), keepdims=keepdims)
+        return total if weight == 1.0 else scale(total, weight)
+    kept = [a for a in range(x.ndim) if a not in axes]
+    shift = _shift(weight)
+    rows = jnp.reshape(jnp.transpose(x, kept + axes), (-1, count))
+    out = jnp.reshape(rows @ np.full((count, 1), weight * 2.0 ** shift, x.dtype), [x.shape[a] for a in kept])
+    if keepdims:
+        out = jnp.reshape(out, [1 if a in axes else x.shape[a] for a in range(x.ndim)])
+    return _unshift(out, shift)
+
+
 def mean(x, axis, keepdims: bool = True):
-    """The mean over ``axis`` (an int or a tuple): an exact sum, then :func:`scale` by 1/n."""
+    """The mean over ``axis`` (an int or a tuple): the sum weighted by 1/n (:func:`weighted_sum`)."""
     import jax.numpy as jnp
 
     if isinstance(x, np.ndarray) or not jnp.issubdtype(x.dtype, jnp.floating):
         return jnp.mean(x, axis=axis, keepdims=keepdims)
     axes = tuple(a % x.ndim for a in (axis if isinstance(axis, (tuple, list)) else (axis,)))
     count = int(np.prod([x.shape[a] for a in axes], dtype=np.int64))
-    total = jnp.sum(x, axis=axes, keepdims=keepdims)
-    return scale(total, 1.0 / count) if count else total / count
+    if not count:
+        return jnp.sum(x, axis=axes, keepdims=keepdims) / count
+    return weighted_sum(x, axes, keepdims, 1.0 / count)

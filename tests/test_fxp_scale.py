@@ -72,3 +72,22 @@ def test_polynomial_coefficients_are_encoded_to_the_nearest_under_spu():
     with fxp_scale.fraction_bits(18):
         nearest = np.max(np.abs(np.asarray(sim_jax(sim, lambda v: p.jax_fn(v))(x), np.float64) - want))
     assert nearest < 0.5 * truncated and nearest < 2 * p.fit["max_error"] + 1e-4
+
+
+@pytest.mark.parametrize("axis", [-1, (0, 2), 1, (0, 1, 2)])
+@pytest.mark.parametrize("keepdims", [True, False])
+@pytest.mark.parametrize("weight", [1.0, 1 / 42, -3.0])
+def test_weighted_sum_is_one_product_with_a_public_column(axis, keepdims, weight):
+    x = np.random.default_rng(2).normal(0, 3, (3, 5, 7)).astype(np.float32)
+    fn = jax.jit(lambda v: fxp_scale.weighted_sum(v, axis, keepdims, weight))
+    want = weight * np.sum(x.astype(np.float64), axis=axis, keepdims=keepdims)
+    got = np.asarray(fn(x))
+    assert got.shape == want.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    text = fn.lower(x).as_text()
+    assert "stablehlo.reduce" not in text and "dot_general" in text   # SPU reduces by slices: slow
+    # static (compile-time) tensors and integers are summed as they are
+    np.testing.assert_allclose(fxp_scale.weighted_sum(x, axis, keepdims, weight), want, rtol=1e-5, atol=1e-5)
+    ints = np.arange(105, dtype=np.int32).reshape(3, 5, 7)
+    assert np.array_equal(np.asarray(jax.jit(lambda v: fxp_scale.weighted_sum(v, axis, keepdims))(ints)),
+                          np.sum(ints, axis=axis, keepdims=keepdims))

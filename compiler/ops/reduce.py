@@ -15,6 +15,8 @@ from runtime import fxp_scale
 
 
 def _sum(x, axes):
+    if jnp.issubdtype(dtype_of(x), jnp.floating):
+        return fxp_scale.weighted_sum(x, axes)
     return jnp.sum(x, axis=axes, keepdims=True, dtype=dtype_of(x))
 
 

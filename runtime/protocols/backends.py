@@ -339,7 +339,7 @@ class JaxBackend(Backend):
         return stacked @ jnp.asarray(encoded, dtype) + jnp.asarray(coeffs[0], dtype)
 
     def reduce_max(self, x, axis): return self.jnp.max(x, axis=axis, keepdims=True)
-    def reduce_sum(self, x, axis): return self.jnp.sum(x, axis=axis, keepdims=True)
+    def reduce_sum(self, x, axis): return fxp_scale.weighted_sum(x, axis)
 
     def mean(self, x, axis):
         return fxp_scale.mean(x, axis)
@@ -798,7 +798,11 @@ class CostBackend(Backend):
         return out
 
     def reduce_sum(self, x, axis):
-        return Sym(self._reduced(x, axis)[0], x.public)
+        shape, count = self._reduced(x, axis)
+        out = Sym(shape, x.public)
+        if not x.public and count > 1:
+            self._charge("trunc", out.size)    # a product with a column of ones (fxp_scale.weighted_sum)
+        return out
 
     def mean(self, x, axis):
         shape, count = self._reduced(x, axis)
