@@ -141,10 +141,10 @@ class Backend:
         raise NotImplementedError
 
     def group_square_mean(self, centered, shift: int):
-        """mean(centered^2) over axis 2 of [N, G, L] as one product: the flattened values [1, N*G*L] times their
-        block-diagonal arrangement [N*G*L, N*G] (zeros elsewhere), so SPU exchanges N*G products instead of
-        N*G*L squares; one operand is scaled by 2^-shift first so the sums stay inside the ring. In real
-        arithmetic the plain mean of squares, which is what this default computes."""
+        """mean(centered^2) over axis 2 of [N, G, L] as one product: the diagonal of the Gram product of the
+        [N*G, L] rows, so SPU exchanges (N*G)^2 products instead of N*G*L squares; one operand is scaled by
+        2^-shift first so the sums stay inside the ring. In real arithmetic the plain mean of squares, which is
+        what this default computes."""
         return self.mean(self.mul(centered, centered), 2)
 
     def channel_fold(self, per_group, scale, num_groups, like):
@@ -407,16 +407,16 @@ class JaxBackend(Backend):
         return self.jnp.reshape(x, (x.shape[0], int(num_groups), -1))
 
     def group_square_mean(self, centered, shift: int):
-        from compiler.ops._common import block_diagonal
         jnp = self.jnp
         n, g, length = centered.shape
-        # A Gram product rows @ rows.T would hold the same sums on its diagonal, but SPU 0.9.5 multiplies
-        # [16, 4704] x [4704, 16] ~30x slower than this [1, 75264] x [75264, 16].
-        blocks = block_diagonal(jnp.reshape(centered, (n * g, length, 1)))
-        left = jnp.reshape(centered, (1, -1))
-        if shift:
-            left = left * self._c(2.0 ** -shift, left)
-        sums = jnp.reshape(left @ blocks, (n, g, 1))
+        rows = jnp.reshape(centered, (n * g, length))
+        left = rows * self._c(2.0 ** -shift, rows) if shift else rows
+        # The Gram product's diagonal holds the groups' sums of squares: N*G*N*G products exchanged instead of
+        # N*G*L squares, and the diagonal is a strided slice (free). With SPU's OpenMP limited per party
+        # (runtime/threads.py) [16, 4704] x [4704, 16] takes ~10 ms; the earlier [1, N*G*L] x block-diagonal
+        # form needed N*G pads and a concatenation of a mostly-zero [N*G*L, N*G] secret (~4x slower).
+        gram = left @ rows.T
+        sums = jnp.reshape(jnp.reshape(gram, (-1,))[:: n * g + 1], (n, g, 1))
         return fxp_scale.scale(sums, 2.0 ** shift / length)
 
     def channel_fold(self, per_group, scale, num_groups, like):
@@ -841,7 +841,7 @@ class CostBackend(Backend):
         if not centered.public:
             if shift:
                 self._charge("trunc", centered.size)
-            self._charge("mul", out.size)             # the product's N*G outputs: a product and a truncation each
+            self._charge("mul", out.size * out.size)  # the Gram product's (N*G)^2 outputs: a product and a truncation each
             self._charge("trunc", out.size * fxp_scale.truncations(2.0 ** shift / length))
         return out
 

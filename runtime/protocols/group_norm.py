@@ -1,8 +1,8 @@
 """GroupNorm: y = (x - mean_g) / sqrt(var_g + eps) * scale_c + bias_c over groups of C/G channels.
 
 Protocol (``norm``): mean and centred variance per group (one square per element; the means are sums times a
-public 1/n; or, set per node by :func:`specialize_shape` where the sums fit the ring, the sums of squares as one
-product of the values with their block-diagonal arrangement: N*G products exchanged instead of N*G*L), an rsqrt
+public 1/n; or, set per node by :func:`specialize_shape` where the sums fit the ring, the sums of squares as the
+diagonal of one Gram product of the groups' rows: (N*G)^2 products exchanged instead of N*G*L squares), an rsqrt
 per group (SPU's own, or a ``newton_rsqrt`` variant fitted on the calibrated variance
 range: segment scaling + polynomial guess + Newton steps), then the scale folded into it per (sample, channel)
 (scale_c * inv_std_g on N x C values) so each element costs one multiply instead of two.
@@ -109,19 +109,15 @@ def variants():
 # passes/fixed_point.py gives a value (4) for inputs the calibration did not see.
 SQUARE_SUM_MARGIN = 16.0
 RING_ROOM_BITS = 62
-# The block-diagonal operand holds (N*G)^2 * L values (mostly zeros, local to each party): keep it to 32 MiB of
-# ring elements per share.
-MAX_BLOCK_ELEMENTS = 1 << 22
-
 
 def square_sum_shift(shape, num_groups: int, var_high: float, fraction_bits: int | None) -> int | None:
     """Bits to scale one operand of the sum-of-squares product down by so that MARGIN x the largest group sum of
-    squares fits the ring (0: none, no truncation at all); None when the product would not pay (N*G >= L), its
-    block-diagonal operand would be too large, or the shift would swamp the values."""
+    squares fits the ring (0: none, no truncation at all); None when the product would not pay (N*G >= L: the Gram
+    product's (N*G)^2 outputs against N*G*L squares) or the shift would swamp the values."""
     bits = DEFAULT_FXP_BITS if fraction_bits is None else int(fraction_bits)
     rows = int(shape[0]) * int(num_groups)
     length = int(np.prod(shape[1:], dtype=np.int64)) // int(num_groups)
-    if rows >= length or rows * rows * length > MAX_BLOCK_ELEMENTS or not (var_high > 0 and math.isfinite(var_high)):
+    if rows >= length or not (var_high > 0 and math.isfinite(var_high)):
         return None
     need = math.log2(length * var_high * SQUARE_SUM_MARGIN) + 2 * bits - RING_ROOM_BITS
     shift = max(0, math.ceil(need))
