@@ -546,6 +546,27 @@ def test_under_spu_simulator(simulator, name):
     _check_under_spu(simulator, get(name), n=2048)
 
 
+def test_bounded_rows_under_spu_scale_wide_rows_and_leave_the_others(simulator):
+    """The per-row path (comparison, SPU's rsqrt, select) under SPU: rows inside B come out as the emulation says
+    (no scaling), rows beyond it are scaled down as emulated, and rows whose sum of squares is past the range of
+    SPU's rsqrt (it gives 0 from 2^17 on at 18 fraction bits) come out uniform: still distributions."""
+    from spu.utils.simulation import sim_jax
+    p = get("softmax.shiftb.u2.sq.l12.k2.d3")
+    rng = np.random.default_rng(8)
+    rows = rng.normal(0.0, 1.0, (32, 64)) * np.geomspace(0.05, 60.0, 32)[:, None]
+    norms = np.sqrt(((rows - rows.mean(-1, keepdims=True)) ** 2).sum(-1))
+    assert (norms < p.params["bound"]).sum() >= 8 and (norms > 10 * p.params["bound"]).sum() >= 4
+    fn = sim_jax(simulator, lambda a: p.jax_fn(a, axis=-1))
+    with fxp_scale.fraction_bits(18):
+        got = np.asarray(fn(rows.astype(np.float32)), np.float64)
+    want = p.numpy_fn(rows, axis=-1)
+    assert np.all(got >= -1e-4) and np.allclose(got.sum(-1), 1.0, atol=5e-3)
+    past = norms ** 2 >= 2.0 ** 17
+    assert 1 <= past.sum() <= 4
+    np.testing.assert_allclose(got[~past], want[~past], atol=3e-3)
+    np.testing.assert_allclose(got[past], 1.0 / rows.shape[1], atol=1e-3)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("p", [p for p in PROTOCOLS if p.family != "direct"],
                          ids=IDS([p for p in PROTOCOLS if p.family != "direct"]))
