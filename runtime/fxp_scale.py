@@ -91,6 +91,12 @@ def _unshift(y, shift: int):
     return y
 
 
+def _axes_and_count(x, axis) -> tuple[list[int], int]:
+    """``axis`` (an int or a tuple) as sorted non-negative axes, and how many elements they span."""
+    axes = sorted({a % x.ndim for a in (axis if isinstance(axis, (tuple, list)) else (axis,))})
+    return axes, int(np.prod([x.shape[a] for a in axes], dtype=np.int64))
+
+
 def weighted_sum(x, axis, keepdims: bool = True, weight: float = 1.0):
     """weight * the sum of a float tensor over ``axis`` (an int or a tuple), as one product with a public column
     of weights, the kept axes first. SPU 0.9.5 reduces a tensor by halving slices, an op per level: [8, 196, 196]
@@ -99,8 +105,7 @@ def weighted_sum(x, axis, keepdims: bool = True, weight: float = 1.0):
     unit of the last place). A small weight goes in as weight * 2^s, then 2^-s (see :func:`scale`)."""
     import jax.numpy as jnp
 
-    axes = sorted({a % x.ndim for a in (axis if isinstance(axis, (tuple, list)) else (axis,))})
-    count = int(np.prod([x.shape[a] for a in axes], dtype=np.int64))
+    axes, count = _axes_and_count(x, axis)
     if isinstance(x, np.ndarray) or not jnp.issubdtype(x.dtype, jnp.floating) or count <= 1:
         total = jnp.sum(x, axis=tuple(axes), keepdims=keepdims)
         return total if weight == 1.0 else scale(total, weight)
@@ -119,8 +124,7 @@ def mean(x, axis, keepdims: bool = True):
 
     if isinstance(x, np.ndarray) or not jnp.issubdtype(x.dtype, jnp.floating):
         return jnp.mean(x, axis=axis, keepdims=keepdims)
-    axes = tuple(a % x.ndim for a in (axis if isinstance(axis, (tuple, list)) else (axis,)))
-    count = int(np.prod([x.shape[a] for a in axes], dtype=np.int64))
+    axes, count = _axes_and_count(x, axis)
     if not count:
-        return jnp.sum(x, axis=axes, keepdims=keepdims) / count
+        return jnp.sum(x, axis=tuple(axes), keepdims=keepdims) / count
     return weighted_sum(x, axes, keepdims, 1.0 / count)

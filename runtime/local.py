@@ -30,7 +30,6 @@ from pathlib import Path
 
 from compiler.errors import CipherdmError
 from compiler.spu_compile import MODEL_OWNER, USER
-from runtime import threads
 from runtime.party import PartiesConfig, PartyError
 
 @dataclass
@@ -98,10 +97,9 @@ def run_local(artifact_path, weights_path, inputs_path, output_path, *, work_dir
     # CIPHERDM_SUPERVISOR_PID: each child asks the kernel to kill it if this process dies (PR_SET_PDEATHSIG);
     # set in the child rather than with preexec_fn, which forks a multithreaded (jax) process unsafely.
     env = dict(os.environ, PYTHONUNBUFFERED="1", CIPHERDM_SUPERVISOR_PID=str(os.getpid()), **(env or {}))
-    # Three parties share this host's cores: more XLA/SPU threads than that only adds contention (SPU's products
-    # follow OMP_THREAD_LIMIT only: runtime/threads.py).
+    # Three parties share this host's cores: more XLA/SPU threads than that only adds contention. SPU's products
+    # follow OMP_THREAD_LIMIT only, which importing the runtime package put in os.environ (runtime/threads.py).
     env.setdefault("OMP_NUM_THREADS", "1")
-    env.setdefault(threads.ENV, str(threads.threads_per_party(3)))
     procs: list[subprocess.Popen] = []
     start = time.perf_counter()
     previous = _install_signal_handlers()

@@ -841,7 +841,8 @@ class CostBackend(Backend):
         if not centered.public:
             if shift:
                 self._charge("trunc", centered.size)
-            self._charge("mul", out.size * out.size)  # the Gram product's (N*G)^2 outputs: a product and a truncation each
+            # the Gram product's (N*G)^2 outputs: a product and a truncation each
+            self._charge("mul", out.size * out.size)
             self._charge("trunc", out.size * fxp_scale.truncations(2.0 ** shift / length))
         return out
 

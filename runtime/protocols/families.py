@@ -190,8 +190,8 @@ def bounded_rows(bk, centered, bound: float, axis):
     S <= bound^2 is left exactly as it is, and a row beyond is multiplied by bound / sqrt(S) (SPU's rsqrt, right
     on its range), a lower temperature for that row: its softmax stays a distribution. Past that range SPU's rsqrt
     gives 0 (measured: S >= 2^17 at 18 fraction bits, between 1e6 and 1e7 at 22; with attention's prescale of
-    ~0.05 a row norm of ~4e4 against B ~ 10): the row becomes uniform, still a distribution. This replaces exp's per-element lower clip by one
-    multiply per element, a square per element and one comparison per row."""
+    ~0.05 a row norm of ~4e4 against B ~ 10): the row becomes uniform, still a distribution. This replaces exp's
+    per-element lower clip by one multiply per element, a square per element and one comparison per row."""
     square_sum = bk.reduce_sum(bk.mul(centered, centered), axis)
     beyond = bk.greater(square_sum, bound * bound)
     # (+(2^-20 bound)^2: a constant row's S = 0 has no rsqrt; its factor is not used, but must not be infinite in

@@ -124,8 +124,8 @@ def bound_for(exp_params: dict, upper: float, headroom: float) -> float:
 
 def build_shift(exp, upper: float, clip: str = "both") -> dict:
     params = {"upper": upper, "exp": dict(exp.params), "interval": list(exp.interval)}
+    headroom = low_clip_headroom(exp) if clip in ("low", "bound") else None
     if clip == "bound":
-        headroom = low_clip_headroom(exp)
         params.update(clip="bound", headroom=headroom, bound=bound_for(exp.params, upper, headroom))
         params["exp"]["clip"] = False
         name = f"softmax.shiftb.u{upper:g}." + exp.name.replace("exp.", "")
@@ -135,7 +135,7 @@ def build_shift(exp, upper: float, clip: str = "both") -> dict:
         params["clip"] = "low"
         name = f"softmax.shiftlo.u{upper:g}." + exp.name.replace("exp.", "")
         how = (f"clipped below L only (rows with max - mean above U extrapolate exp's polynomial: positive, "
-               f"increasing, within SPU's range up to {low_clip_headroom(exp):g} above U)")
+               f"increasing, within SPU's range up to {headroom:g} above U)")
     else:
         name = f"softmax.shift.u{upper:g}." + exp.name.replace("exp.", "")
         how = "clipped to [L, 0] at both ends"
@@ -147,8 +147,8 @@ def build_shift(exp, upper: float, clip: str = "both") -> dict:
     fit = {"max_error": act._r1(err["max"]), "mean_error": act._r1(err["mean"]),
            "max_error_wide_rows": act._r1(wide["max"]),
            "rows": f"64 logits per row, max - mean uniform in (0.05, 0.98) x {upper:g}"}
-    if clip in ("low", "bound"):
-        fit["headroom"] = low_clip_headroom(exp)
+    if headroom is not None:
+        fit["headroom"] = headroom
     return {**proto.to_json(), "fit": fit}
 
 
