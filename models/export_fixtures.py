@@ -64,6 +64,10 @@ MATRIX = {
 PROBES = ["dynamo17"]
 VALID_PROBE = "valid probe"
 
+# The benchmark's diffusers model (docs/bench.md): not a test fixture (too slow for the default suite), shipped
+# in models/ with its inputs and a manifest entry of its own.
+BENCH = {"kind": "unet2d_attn_32", "variant": "ts17", "out": REPO / "models"}
+
 # One dynamic-batch variant for the inspect/--input-shape tests: TorchScript exporter, dynamic axis 0.
 DYNAMIC = {"kind": "unet2d_attn", "name": "unet2d_attn_dynamic.ts17", "opset": 17}
 
@@ -326,6 +330,19 @@ def export_all(out: Path, kinds: list[str], probes: bool = True) -> dict:
     return manifest
 
 
+def export_bench() -> dict:
+    import torch
+
+    torch.set_num_threads(1)
+    kind, variant, out = BENCH["kind"], BENCH["variant"], BENCH["out"]
+    entry = export_one(kind, variant, out)
+    entry["generator"] = "python -m models.export_fixtures --bench"
+    (out / f"{entry['name']}.json").write_text(json.dumps(entry, indent=2) + "\n")
+    print(f"{entry['name']}: ok, {entry['bytes']:,} bytes, {entry['nodes']} nodes, "
+          f"err {entry['max_abs_err_onnxruntime_vs_torch']:.2g}", flush=True)
+    return entry
+
+
 # -------------------------------------------------------------------------------------------------- op report
 
 def _attr_summary(attr: onnx.AttributeProto) -> str | None:
@@ -472,7 +489,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--op-report", type=Path, metavar="MD", help="write the op coverage report from the "
                         "fixtures in --out (no export unless --export is also given)")
     parser.add_argument("--export", action="store_true", help="with --op-report: export first")
+    parser.add_argument("--bench", action="store_true", help=f"export only the benchmark model "
+                        f"({BENCH['kind']}.{BENCH['variant']}) to {BENCH['out'].relative_to(REPO)}/")
     args = parser.parse_args(argv)
+    if args.bench:
+        export_bench()
+        return 0
     if args.op_report is None or args.export:
         export_all(args.out, args.only or list(MATRIX), probes=not args.no_probes)
     if args.op_report is not None:
