@@ -39,6 +39,11 @@ def fraction_bits(bits: int | None):
         _FRACTION_BITS.reset(token)
 
 
+def traced_bits() -> int | None:
+    """The fraction bits being traced under (:func:`fraction_bits`), or None."""
+    return _FRACTION_BITS.get()
+
+
 def _step_bits(bits: int | None = None) -> int:
     bits = _FRACTION_BITS.get() if bits is None else bits
     return _STEP_BITS if bits is None else max(1, int(bits))

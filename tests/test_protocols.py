@@ -5,6 +5,7 @@ table; and a subset under SPU's simulator (ABY3, FM64). ``-m slow`` runs every v
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -217,22 +218,33 @@ def test_bounded_rows_keep_exps_argument_in_range_without_comparing_elements(p):
     from runtime.protocols.backends import NumpyBackend
     from runtime.protocols.families import bounded_rows
     bound, upper, lower = p.params["bound"], p.params["upper"], p.params["exp"]["lower"]
+    norm = p.params.get("norm", 2)
+    limit = None if norm == 2 else 2.0 ** 12   # the squares' limit at 18 fraction bits: both regimes of p = 4 occur
     assert bound + upper <= -lower and bound - upper <= p.params["headroom"]
     rng = np.random.default_rng(5)
     rows = rng.normal(0.0, 1.0, (64, 96)) * np.geomspace(0.01, 40.0, 64)[:, None]
     rows[0] = 0.0
     centered = rows - rows.mean(-1, keepdims=True)
-    norms = np.sqrt((centered ** 2).sum(-1))
-    scaled = bounded_rows(NumpyBackend(), centered, bound, -1)
-    inside = norms <= bound
+    norms = (np.abs(centered) ** norm).sum(-1) ** (1.0 / norm)
+    squares = (centered ** 2).sum(-1)
+    scaled = bounded_rows(NumpyBackend(), centered, bound, -1, norm, limit)
+    # (p = 4: also within the squares' limit, as the chooser requires of every calibrated row)
+    inside = (norms <= bound) & (squares <= (limit or np.inf))
     assert inside.any() and (~inside).any()
     np.testing.assert_array_equal(scaled[inside], centered[inside])          # calibrated rows: untouched
-    np.testing.assert_allclose(scaled[~inside], centered[~inside] * (bound / norms[~inside])[:, None], rtol=1e-6)
+    # beyond: p = 2 scales by B / N, p = 4 by (B / N)^2, or by B / N_2 where the squares pass the ring's limit
+    factor = (bound / norms) ** (norm / 2)
+    if limit is not None:
+        huge = squares > limit
+        assert huge.any() and (~huge & ~inside).any()
+        factor = np.where(huge, bound / np.sqrt(squares), factor)
+    np.testing.assert_allclose(scaled[~inside], centered[~inside] * factor[~inside, None], rtol=1e-6)
     assert np.abs(scaled).max() <= bound * (1 + 1e-9)
     # so exp's argument x - mean - U never leaves [L, B - U]: the fitted range and its headroom
     y = p.numpy_fn(rows, axis=-1)
     assert np.all(y >= 0) and np.allclose(y.sum(-1), 1.0)
-    assert p.cost((64, 96), axis=-1).comparisons == 64   # one comparison per row, none per element
+    per_row = 1 if norm == 2 else 2        # p = 4: also the 2-norm guard against the fourth powers' overflow
+    assert p.cost((64, 96), axis=-1).comparisons == per_row * 64   # comparisons per row, none per element
 
 
 def test_bounded_softmax_is_specialised_to_the_calibrated_row_norms():
@@ -249,6 +261,24 @@ def test_bounded_softmax_is_specialised_to_the_calibrated_row_norms():
                                mod.reference(rows, axis=-1), atol=template.fit["max_error"] + 1e-3)
     # rows too wide for exp's range would all be scaled down: the variant declines
     assert mod.specialize(template, [rows * 3], -1) is None
+
+
+def test_four_norm_bounds_long_rows_the_two_norm_cannot():
+    """Rows of 256 Gaussian logits: the 2-norm (~16 sigma) passes every bound B that leaves exp's range room for U,
+    the 4-norm (~5.3 sigma) does not; the 4-norm variant is specialised to the node, the 2-norm one declines, and
+    rows whose squares approach the ring's limit at the traced fraction bits make the 4-norm one decline too."""
+    mod = op_module("softmax")
+    rows = np.random.default_rng(6).normal(0.0, 0.8, (64, 256))
+    two, four = get("softmax.shiftb.u2.sq.l12.k2.d3"), get("softmax.shiftb4.u2.sq.l12.k2.d3")
+    assert mod.specialize(two, [rows], -1) is None
+    with fxp_scale.fraction_bits(18):
+        node = mod.specialize(four, [rows], -1)
+    assert node is not None and node.params["norm"] == 4 and node.params["square_limit"] == 2.0 ** 12
+    assert mod.calibrated_row_norm([rows], -1, 4) * (1 + mod.MARGIN_OF_ROWS) <= node.params["bound"]
+    np.testing.assert_allclose(node.numpy_fn(rows, axis=-1), mod.reference(rows, axis=-1),
+                               atol=four.fit["max_error"] + 1e-3)
+    with fxp_scale.fraction_bits(22):   # S ~ 164 x 1.21 against 2^8
+        assert mod.specialize(four, [rows * 1.2], -1) is None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -565,6 +595,29 @@ def test_bounded_rows_under_spu_scale_wide_rows_and_leave_the_others(simulator):
     assert 1 <= past.sum() <= 4
     np.testing.assert_allclose(got[~past], want[~past], atol=3e-3)
     np.testing.assert_allclose(got[past], 1.0 / rows.shape[1], atol=1e-3)
+
+
+def test_four_norm_rows_under_spu_match_the_emulation_inside_beyond_and_past_the_ring_limit(simulator):
+    """The 4-norm's per-row path under SPU: rows inside B untouched, rows beyond scaled by (B / N_4)^2, rows whose
+    squares pass the fourth powers' limit scaled by B / N_2 instead (their fourth powers would wrap around in
+    the ring): every row as emulated, every row a distribution."""
+    from spu.utils.simulation import sim_jax
+    p = get("softmax.shiftb4.u2.sq.l12.k2.d3")
+    p = dataclasses.replace(p, params={**p.params, "square_limit": 2.0 ** 12})   # 18 fraction bits
+    rng = np.random.default_rng(9)
+    rows = rng.normal(0.0, 1.0, (32, 64)) * np.geomspace(0.05, 30.0, 32)[:, None]
+    centered = rows - rows.mean(-1, keepdims=True)
+    norms4 = ((centered ** 4).sum(-1)) ** 0.25
+    squares = (centered ** 2).sum(-1)
+    bound = p.params["bound"]
+    assert (norms4 < bound).sum() >= 8 and ((norms4 > bound) & (squares < 2.0 ** 12)).sum() >= 4
+    assert (squares > 2.0 ** 12).sum() >= 4 and (squares < 2.0 ** 17).all()
+    fn = sim_jax(simulator, lambda a: p.jax_fn(a, axis=-1))
+    with fxp_scale.fraction_bits(18):
+        got = np.asarray(fn(rows.astype(np.float32)), np.float64)
+    want = p.numpy_fn(rows, axis=-1)
+    assert np.all(got >= -1e-4) and np.allclose(got.sum(-1), 1.0, atol=5e-3)
+    np.testing.assert_allclose(got, want, atol=3e-3)
 
 
 @pytest.mark.slow

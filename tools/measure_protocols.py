@@ -176,6 +176,19 @@ def measure_native(fn_name: str, knobs: dict, n: int = PRIMITIVE_ELEMENTS) -> di
 # whole protocol variants
 
 
+def _rows_within_bound(x, params, rng):
+    """Rows as a bounded-rows softmax sees them on a node it was chosen for: the chooser takes it only where every
+    calibrated row's norm, 10% larger, stays within B (and max - mean within U), so no row is scaled down there.
+    Rows beyond B are out of calibration (a lower temperature: sane, not accurate); measuring SPU's deviation on
+    them would charge every node the error of SPU's rsqrt on rows it never sees."""
+    norm, bound, upper = int(params.get("norm", 2)), float(params["bound"]), float(params["upper"])
+    centered = x - x.mean(axis=1, keepdims=True)
+    norms = np.sum(np.abs(centered) ** norm, axis=1, keepdims=True) ** (1.0 / norm)
+    peaks = centered.max(axis=1, keepdims=True)
+    factor = np.minimum(0.9 * bound / norms, 0.98 * upper / peaks) * rng.uniform(0.3, 1.0, (x.shape[0], 1))
+    return centered * factor + rng.normal(0.0, 3.0, (x.shape[0], 1))
+
+
 def measurement_inputs(p):
     """Inputs (float64) and op kwargs for measuring a variant at ~2^16 elements on its interval."""
     from runtime.protocols.base import op_module
@@ -185,6 +198,8 @@ def measurement_inputs(p):
     if p.op == "softmax":
         low, high = interval
         x = rng.uniform(low, high, (256, 256))
+        if p.params.get("clip") == "bound":
+            x = _rows_within_bound(x, p.params, rng)
         return [x], {"axis": -1}
     if p.op == "group_norm":
         low, high = interval

@@ -89,7 +89,7 @@ class Backend:
     def bit_and(self, a, b): raise NotImplementedError
     def poly(self, powers: Sequence, coeffs: Sequence[float]): raise NotImplementedError  # c0 + sum c_k t^k
     def reduce_max(self, x, axis): raise NotImplementedError  # keepdims
-    def reduce_sum(self, x, axis): raise NotImplementedError  # keepdims
+    def reduce_sum(self, x, axis, weight: float = 1.0): raise NotImplementedError  # weight * sum, keepdims
     def mean(self, x, axis): raise NotImplementedError        # keepdims
     def native(self, fn: str, x): raise NotImplementedError    # SPU's own exp / reciprocal / rsqrt / ...
     def divide(self, a, b): raise NotImplementedError         # secret / secret (SPU's division)
@@ -205,7 +205,7 @@ class NumpyBackend(Backend):
         return out
 
     def reduce_max(self, x, axis): return np.max(x, axis=axis, keepdims=True)
-    def reduce_sum(self, x, axis): return np.sum(x, axis=axis, keepdims=True)
+    def reduce_sum(self, x, axis, weight=1.0): return weight * np.sum(x, axis=axis, keepdims=True)
     def mean(self, x, axis): return np.mean(x, axis=axis, keepdims=True)
 
     def _exp(self, x):
@@ -339,7 +339,7 @@ class JaxBackend(Backend):
         return stacked @ jnp.asarray(encoded, dtype) + jnp.asarray(coeffs[0], dtype)
 
     def reduce_max(self, x, axis): return self.jnp.max(x, axis=axis, keepdims=True)
-    def reduce_sum(self, x, axis): return fxp_scale.weighted_sum(x, axis)
+    def reduce_sum(self, x, axis, weight=1.0): return fxp_scale.weighted_sum(x, axis, True, weight)
 
     def mean(self, x, axis):
         return fxp_scale.mean(x, axis)
@@ -571,7 +571,9 @@ class OnnxBackend(Backend):
         self.nodes.append(node)
         return values
 
-    def reduce_sum(self, x, axis): return self.node("ReduceSum", [x, self._axes(axis)], keepdims=1)
+    def reduce_sum(self, x, axis, weight=1.0):
+        total = self.node("ReduceSum", [x, self._axes(axis)], keepdims=1)
+        return total if weight == 1.0 else self.scale(total, weight)
 
     def mean(self, x, axis):
         if self.opset < 18 and not isinstance(axis, AttrRef):
@@ -797,11 +799,12 @@ class CostBackend(Backend):
             self.tally.comparisons += (n - 1) * out.size
         return out
 
-    def reduce_sum(self, x, axis):
+    def reduce_sum(self, x, axis, weight=1.0):
         shape, count = self._reduced(x, axis)
         out = Sym(shape, x.public)
-        if not x.public and count > 1:
-            self._charge("trunc", out.size)    # a product with a column of ones (fxp_scale.weighted_sum)
+        if not x.public and (count > 1 or weight != 1.0):
+            # a product with a column of weights (fxp_scale.weighted_sum), 2^-s after it for a small weight
+            self._charge("trunc", out.size * fxp_scale.truncations(weight))
         return out
 
     def mean(self, x, axis):

@@ -17,7 +17,7 @@
   on max - mean, exp_square clipped to [L, 0] at both ends (saturating at 1) or, with ``clip`` "low", only
   below L (one comparison per element instead of two), reciprocal per row, multiply.
   With ``clip`` "bound", no comparison per element: each row of x - mean is scaled into [-B, B] (B from the
-  calibrated rows' sums of squares, B + U within exp's range), see :func:`bounded_rows`.
+  calibrated rows' 2-norms or 4-norms, B + U within exp's range), see :func:`bounded_rows`.
 * ``newton_reciprocal`` / ``newton_rsqrt``: clamp to the calibrated interval [a, b] (the asymptote beyond),
   split it geometrically into m segments (one batched comparison), scale x into [1/r, 1] by its segment's top
   edge (a select of public constants), a polynomial initial guess fitted (minimax relative error) on
@@ -170,7 +170,11 @@ def softmax_shift(bk, protocol, inputs, axis=-1, **kw):
     gamma = monic_form(protocol.params["exp"])[0] if prescaled else 1.0
     centered = bk.sub(x, bk.mean(x, axis))
     if clip == "bound":
-        centered = bounded_rows(bk, centered, gamma * float(protocol.params["bound"]), axis)
+        norm = int(protocol.params.get("norm", 2))
+        # (in x's units like the bound, so a prescaled node computes exactly what the unscaled one does; the
+        # fixed-point limit is on the values computed, which a prescale of gamma < 1 only makes smaller)
+        limit = gamma * gamma * float(protocol.params["square_limit"]) if norm == 4 else None
+        centered = bounded_rows(bk, centered, gamma * float(protocol.params["bound"]), axis, norm, limit)
     shifted = bk.add_const(centered, -gamma * upper)
     # clip "low": only exp's lower clip; a row whose max - mean exceeds U gets exp's polynomial extrapolated
     # above 0 (positive and increasing, so still a distribution) instead of a second comparison per element.
@@ -183,16 +187,38 @@ def softmax_shift(bk, protocol, inputs, axis=-1, **kw):
     return bk.mul(e, bk.native("reciprocal", total))
 
 
-def bounded_rows(bk, centered, bound: float, axis):
+def bounded_rows(bk, centered, bound: float, axis, norm: int = 2, square_limit: float | None = None):
     """Rows of x - mean(x) scaled so that every entry lies in [-bound, bound], with comparisons per row only.
 
-    One entry's square is at most the row's sum of squares S, so |x_j - mean| <= sqrt(S): a row with
-    S <= bound^2 is left exactly as it is, and a row beyond is multiplied by bound / sqrt(S) (SPU's rsqrt, right
-    on its range), a lower temperature for that row: its softmax stays a distribution. Past that range SPU's rsqrt
+    Every entry's magnitude is at most the row's p-norm N (p = ``norm``, 2 or 4): a row with N <= bound is left
+    exactly as it is, and a row beyond is multiplied by a factor f with f N <= bound, a lower temperature for that
+    row: its softmax stays a distribution. This replaces exp's per-element lower clip (a comparison and a select)
+    by one multiply per element and one (p = 2) or two (p = 4) squares.
+
+    p = 2: f = bound / N (SPU's rsqrt of the sum of squares S, right on its range). Past that range SPU's rsqrt
     gives 0 (measured: S >= 2^17 at 18 fraction bits, between 1e6 and 1e7 at 22; with attention's prescale of
-    ~0.05 a row norm of ~4e4 against B ~ 10): the row becomes uniform, still a distribution. This replaces exp's
-    per-element lower clip by one multiply per element, a square per element and one comparison per row."""
-    square_sum = bk.reduce_sum(bk.mul(centered, centered), axis)
+    ~0.05 a row norm of ~4e4 against B ~ 10): the row becomes uniform, still a distribution.
+
+    p = 4: r = sum(x^4) / bound^4 is compared with 1 and f = rsqrt(r) = (bound / N)^2, so f N = bound^2 / N <
+    bound (more than needed, and still one rsqrt per row). The 4-norm is far tighter on long rows: n Gaussian
+    entries have N_2 ~ sqrt(n) sigma, N_4 ~ (3n)^(1/4) sigma (16 against 5.3 sigma at n = 256, the largest entry
+    ~2.9 sigma), so a shorter exp range serves. A fourth power is a product of products: before its truncation
+    it must stay below 2^(62 - 2f), which every entry of a row with S < ``square_limit`` = 2^(30 - f) does
+    (x^4 <= S^2). A row past that limit (far outside any calibrated row: the chooser takes the variant only where
+    the calibrated S stays well inside it) is scaled by its 2-norm instead, bound / sqrt(S), from the same
+    per-row rsqrt."""
+    square = bk.mul(centered, centered)
+    square_sum = bk.reduce_sum(square, axis)
+    if norm == 4:
+        # (the weight goes into the sum's product with a column, scaled up by 2^s and back: a plain product with
+        # 1 / B^4 ~ 1e-4 would be encoded with a few percent's error at 18 fraction bits)
+        ratio = bk.reduce_sum(bk.mul(square, square), axis, bound ** -4.0)
+        beyond, huge = bk.compare_many([(ratio, ">", 1.0), (square_sum, ">", float(square_limit))])
+        ratio = bk.where(huge, bk.scale(square_sum, bound ** -2.0), ratio)
+        outside = bk.bit_not(bk.bit_and(bk.bit_not(beyond), bk.bit_not(huge)))
+        # (+2^-20: a constant row's sum is 0 and has no rsqrt; its factor is not used, but must be finite in float)
+        shrink = bk.add_const(bk.native("rsqrt", bk.add_const(ratio, 2.0 ** -20)), -1.0)
+        return bk.mul(centered, bk.add_const(bk.where(outside, shrink), 1.0))
     beyond = bk.greater(square_sum, bound * bound)
     # (+(2^-20 bound)^2: a constant row's S = 0 has no rsqrt; its factor is not used, but must not be infinite in
     # float; relative to the bound, so a prescaled input gives the same factor)

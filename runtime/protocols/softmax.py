@@ -15,6 +15,9 @@ squares is within B^2 has every argument of exp in [-(B + U), B - U], inside exp
 needed. Rows beyond are multiplied by B / sqrt(sum) (a per-row rsqrt, selected by a per-row comparison): a lower
 temperature, still a distribution. A square and a multiply per element replace a comparison and a select, which
 SPU 0.9.5 computes ~12x slower than a multiply; B is set per node from the calibrated rows (``specialize``).
+``softmax.shiftb4`` bounds each entry by the row's 4-norm instead (a second square per element): on rows of 256
+Gaussian logits the 2-norm is ~16 sigma and the 4-norm ~5.3 sigma (the largest entry ~2.9 sigma), so long rows
+fit a shorter exp range, where the 2-norm would need one beyond every fitted exp.
 
 Direct: the compiler's jax.nn.softmax: exp(x - max) / sum, where SPU divides every element by the broadcast
 sum (a reciprocal per element); the knob variant sets CompilerOptions.enable_optimize_denominator_with_broadcast,
@@ -29,6 +32,7 @@ import math
 
 import numpy as np
 
+from runtime import fxp_scale
 from runtime.protocols import _activation as act
 from runtime.protocols.base import Protocol, load_fitted
 
@@ -71,7 +75,8 @@ FIT_SPECS = [{"exp": name} for name in EXP_CHOICES] + [
     {"exp": "exp.sq.l16.k3.d3", "upper": 8.0},
     {"exp": "exp.sq.l12.k2.d3", "upper": 4.0},
 ] + [{"exp": name, "upper": 4.0, "clip": "low"} for name in LOW_CLIP_EXPS] + [
-    {"exp": name, "upper": 2.0, "clip": "bound"} for name in BOUND_EXPS]
+    {"exp": name, "upper": 2.0, "clip": "bound"} for name in BOUND_EXPS] + [
+    {"exp": name, "upper": 2.0, "clip": "bound", "norm": 4} for name in BOUND_EXPS]
 # U is rounded up to this step when a shift variant is specialised to a node's calibrated rows
 UPPER_STEP = 0.25
 # A bounded-rows variant applies where the calibrated rows' norms, this much larger, stay within B
@@ -104,7 +109,7 @@ def spread_samples(upper: float, rows: int = 512):
 def build(spec: dict) -> dict:
     exp = {p.name: p for p in load_fitted("exp")}[spec["exp"]]
     if "upper" in spec:
-        return build_shift(exp, float(spec["upper"]), spec.get("clip", "both"))
+        return build_shift(exp, float(spec["upper"]), spec.get("clip", "both"), int(spec.get("norm", 2)))
     params = {"exp": dict(exp.params), "interval": list(exp.interval)}
     name = "softmax.max." + spec["exp"].replace("exp.", "")
     proto = Protocol(name, OP, "softmax_max", params, interval=tuple(exp.interval),
@@ -122,15 +127,18 @@ def bound_for(exp_params: dict, upper: float, headroom: float) -> float:
     return min(BOUND_ROOM * -float(exp_params["lower"]) - upper, headroom + upper)
 
 
-def build_shift(exp, upper: float, clip: str = "both") -> dict:
+def build_shift(exp, upper: float, clip: str = "both", norm: int = 2) -> dict:
     params = {"upper": upper, "exp": dict(exp.params), "interval": list(exp.interval)}
     headroom = low_clip_headroom(exp) if clip in ("low", "bound") else None
     if clip == "bound":
         params.update(clip="bound", headroom=headroom, bound=bound_for(exp.params, upper, headroom))
         params["exp"]["clip"] = False
-        name = f"softmax.shiftb.u{upper:g}." + exp.name.replace("exp.", "")
-        how = ("with no comparison per element: each row of x - mean scaled into [-B, B] (rows whose sum of "
-               "squares exceeds B^2 by bound / sqrt(sum), a lower temperature), so exp's argument stays in [L, B - U]")
+        if norm == 4:
+            params.update(norm=4, square_limit=square_limit())
+        name = f"softmax.shiftb{'4' if norm == 4 else ''}.u{upper:g}." + exp.name.replace("exp.", "")
+        how = (f"with no comparison per element: each row of x - mean scaled into [-B, B] (rows whose {norm}-norm "
+               f"exceeds B by a factor of at most B / norm, a lower temperature), so exp's argument stays in "
+               f"[L, B - U]")
     elif clip == "low":
         params["clip"] = "low"
         name = f"softmax.shiftlo.u{upper:g}." + exp.name.replace("exp.", "")
@@ -150,6 +158,14 @@ def build_shift(exp, upper: float, clip: str = "both") -> dict:
     if headroom is not None:
         fit["headroom"] = headroom
     return {**proto.to_json(), "fit": fit}
+
+
+def square_limit(fraction_bits: int | None = None) -> float:
+    """The largest row sum of squares S whose entries' fourth powers fit SPU's ring before their truncation
+    (x^4 <= S^2 < 2^(62 - 2f)), with a factor 2 of room: 2^(30 - f). Rows past it are bounded by their 2-norm.
+    Without fraction bits: the most a program gets (the base variants)."""
+    from passes.fixed_point import MAX_BITS
+    return 2.0 ** (30 - int(fraction_bits or MAX_BITS))
 
 
 def calibrated_upper(cases, axis: int) -> float:
@@ -183,18 +199,22 @@ def specialize(protocol, cases, axis: int):
     params = {**protocol.params, "upper": upper}
     if params.get("clip") == "bound":
         params["bound"] = bound_for(params["exp"], upper, float(params["headroom"]))
-        if calibrated_row_norm(cases, axis) * (1 + MARGIN_OF_ROWS) > params["bound"]:
+        if calibrated_row_norm(cases, axis, int(params.get("norm", 2))) * (1 + MARGIN_OF_ROWS) > params["bound"]:
             return None   # the calibrated rows would be scaled down: a temperature change, not an approximation
+        if params.get("norm") == 4:
+            params["square_limit"] = square_limit(fxp_scale.traced_bits())
+            if (calibrated_row_norm(cases, axis) * (1 + MARGIN_OF_ROWS)) ** 2 > params["square_limit"]:
+                return None   # fourth powers too close to the ring's limit at these fraction bits
     return dataclasses.replace(protocol, name=f"{base}@u{upper:g}", params=params)
 
 
-def calibrated_row_norm(cases, axis: int) -> float:
-    """The largest sqrt(sum of squares of x - mean) over the calibrated rows: what bounded rows compare with B."""
+def calibrated_row_norm(cases, axis: int, norm: int = 2) -> float:
+    """The largest p-norm (p = ``norm``) of x - mean over the calibrated rows: what bounded rows compare with B."""
     worst = 0.0
     for x in cases:
         x = np.asarray(x, np.float64)
         centered = x - np.mean(x, axis=axis, keepdims=True)
-        worst = max(worst, float(np.sqrt(np.max(np.sum(centered * centered, axis=axis)))))
+        worst = max(worst, float(np.max(np.sum(np.abs(centered) ** norm, axis=axis)) ** (1.0 / norm)))
     return worst
 
 
