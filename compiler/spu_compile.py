@@ -21,6 +21,7 @@ import jax
 import numpy as np
 import onnx
 
+from compiler.deallocation import OPTION, keep_all_values
 from compiler.errors import CipherdmError
 from compiler.lowering import LoweredModel, TensorSpec, is_weight, lower
 from passes.public import public_initializers
@@ -264,6 +265,9 @@ def compile_model(model: onnx.ModelProto | str, *, input_shapes=None, public=(),
     timings["lower"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    if rewrites == "cipherdm" and OPTION not in config.compiler and keep_all_values(text):
+        # small program: SPU parses its text on every run, and the frees are half its ops (compiler/deallocation.py)
+        config = config.with_compiler(**{OPTION: True})
     code = compile_stablehlo(text, args, config)
     outputs = [OutputSpec(o.name, tuple(o.shape), o.dtype) for o in lowered.outputs]
     exe = build_executable(name, [a.name for a in args], [o.name for o in outputs], code)
