@@ -23,5 +23,13 @@ test: $(VENV)/.installed
 test-slow: $(VENV)/.installed
 	$(PY) -m pytest -q -m slow
 
+# The three benchmark models of docs/bench.md, one after the other (~25 minutes on 2 cores): a table each, JSON in
+# out/bench/.
+bench: $(VENV)/.installed
+	mkdir -p out/bench
+	$(PY) -m tools.cli bench models/cipherdm_mnist_unet.onnx --public timestep --repeats 3 --json out/bench/mnist.json --markdown
+	$(PY) -m tools.cli bench models/unet2d_attn_32.ts17.onnx --inputs models/unet2d_attn_32.ts17.npz --repeats 3 --json out/bench/unet2d_attn_32.json --markdown
+	$(PY) -m tools.cli bench tests/fixtures/unet2d_attn.ts17.onnx --inputs tests/fixtures/unet2d_attn.ts17.npz --repeats 5 --json out/bench/unet2d_attn.json --markdown
+
 clean:
 	rm -rf out build *.egg-info
