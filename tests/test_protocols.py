@@ -516,7 +516,7 @@ def test_cost_scales_with_elements_and_counts_comparisons():
 
 SPU_SUBSET = ["silu.pw.b8.d5", "gelu.pw.b4.s2.d3", "mish.pw.b8.s2.d3", "sigmoid.pw.b8.d5", "tanh.pw.b4.d6",
               "exp.sq.l16.k3.d3", "softmax.max.sq.l12.k2.d3", "softmax.shift.u4.sq.l16.k3.d3",
-              "softmax.shiftb.u2.sq.l12.k2.d3",
+              "softmax.shiftb.u2.sq.l12.k2.d3", "softmax.shiftb4.u2.sq.l12.k2.d3",
               "reciprocal.nt.0.1-10.m2.d2.n3", "rsqrt.nt.0.01-100.m4.d2.n2", "group_norm.fold.nt.0.01-100.m4.d2.n2",
               "layer_norm.rows.nt.0.01-100.m4.d2.n2"]
 FXP_TOL = 1e-3   # 18 fraction bits: rounding of the powers, truncation errors
