@@ -27,6 +27,8 @@ NORMS = ("group_norm", "layer_norm")
 MARGIN = 0.10
 GRID_POINTS = 4001
 MAX_SAMPLE_VALUES = 20000
+# attrs key the pipeline sets on a softmax whose rows are a MatMul's (attention's scores): see _ranking_cost
+QUERY_BOUND = "_query_bound"
 
 
 @dataclass
@@ -118,6 +120,17 @@ def measure(protocol: protocols.Protocol, op: str, sample_sets: list[tuple], kwa
     return {"max": worst + fixed_point, "mean": total / max(count, 1)}
 
 
+def _ranking_cost(protocol, shape, cost_kw: dict, attrs: dict) -> float:
+    """Estimated bytes, at what the node will cost after the passes that follow the choice: a 2-norm bounded
+    softmax on attention's scores (``QUERY_BOUND``) has its bound moved onto the queries (passes/query_bounds.py;
+    its per-query products are small against the scores and are left out of the ranking)."""
+    if attrs.get(QUERY_BOUND):
+        from passes.query_bounds import movable, prebound
+        if movable(protocol):
+            protocol = prebound(protocol)
+    return protocol.cost(shape, **cost_kw).bytes
+
+
 def choose(op: str, shape: tuple, attrs: dict, stats: TensorStats | None, budget: float,
            extra_inputs: list[np.ndarray], knobs_in_use: protocols.SpuKnobs,
            fraction_bits: int | None = None) -> Choice:
@@ -127,7 +140,7 @@ def choose(op: str, shape: tuple, attrs: dict, stats: TensorStats | None, budget
     sample_sets = _sample_inputs(op, shape, attrs, stats, interval, extra_inputs)
     direct = protocols.direct(op, **({"approximate": attrs.get("approximate", "none")} if op == "gelu" else {}))
     direct_bytes = direct.cost(shape, **cost_kw).bytes
-    costs = {p.name: p.cost(shape, **cost_kw).bytes for p in protocols.variants(op)}
+    costs = {p.name: _ranking_cost(p, shape, cost_kw, attrs) for p in protocols.variants(op)}
     ranked = sorted(protocols.variants(op), key=lambda p: (costs[p.name], p.name))
     closest = None   # (protocol, error) of the most accurate candidate that missed the budget
     for candidate in ranked:

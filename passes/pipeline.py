@@ -19,6 +19,8 @@ from passes.choose import choose, error_curve
 from passes.cost import estimate_model
 from passes.expand_attention import EXPANDED_FROM, expand_attention
 from passes.fuse_attention import fuse_attention
+from passes.choose import QUERY_BOUND
+from passes.query_bounds import bound_on_queries, scores_product
 from passes import model_check
 from passes.graph_view import GraphView
 from passes.fold_constants import fold_constants
@@ -111,6 +113,7 @@ def rewrite(model: onnx.ModelProto, *, public_inputs=frozenset(), calibration: l
     report["declined"] = [d.to_json() for d in attention_declined + canon.declined] + chosen.declined
     out = fuse_attention(chosen.model, chosen.rewrites, GraphView(chosen.model).shape)
     out = fold_prescales(out, chosen.rewrites)
+    out = bound_on_queries(out, chosen.rewrites)
     report["rewrites"] = chosen.rewrites
     report["scales_hoisted"] = merged + hoisted
     report["constants_folded"] = len(folded)
@@ -159,6 +162,7 @@ def _choose_all(canon, stats: dict[str, TensorStats], budgets: dict[str, float],
     earlier choices (the same node, budget and knobs in use choose the same)."""
     choices = {} if choices is None else choices
     view = GraphView(canon.model)
+    outputs = {o.name for o in canon.model.graph.output}
     knobs = protocols.SpuKnobs()
     used: list[protocols.Protocol] = []
     plain_used: list[protocols.Protocol] = []
@@ -171,7 +175,10 @@ def _choose_all(canon, stats: dict[str, TensorStats], budgets: dict[str, float],
         key = node.output[0]
         memo = (key, budgets[key], repr(knobs.to_json()))
         if memo not in choices:
-            choices[memo] = choose(op, shape, entry.attrs, stats.get(node.input[0]), budgets[key], extra, knobs,
+            attrs = entry.attrs
+            if op == "softmax" and scores_product(view, node, outputs)[1] is not None:
+                attrs = {**attrs, QUERY_BOUND: True}     # passes/query_bounds.py will take its 2-norm bound
+            choices[memo] = choose(op, shape, attrs, stats.get(node.input[0]), budgets[key], extra, knobs,
                                    fraction_bits)
         choice = choices[memo]
         direct = protocols.direct(op, **_gelu_kw(op, entry.attrs))

@@ -96,6 +96,10 @@ def render_markdown(report: dict) -> str:
     if prescaled_nodes:
         out += ["", f"Softmax input scale folded into the score product (exp in monic form, no coefficient "
                     f"truncations): {len(prescaled_nodes)} node(s): " + "; ".join(r["prescale"] for r in prescaled_nodes)]
+    bounded = [r for r in report["rewrites"] if r.get("query_bounds", "").startswith("rows bounded")]
+    if bounded:
+        out += ["", f"Softmax rows bounded on the queries (S = q (Kc Kc^T) q^T, no product per score): "
+                    f"{len(bounded)} node(s): " + ", ".join(r["node"] for r in bounded)]
     missed = [r for r in report["rewrites"] if r.get("note")]
     if missed:
         out += ["", "Budget missed (the closest protocol, more accurate and cheaper than SPU's own expression):", ""]

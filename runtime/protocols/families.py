@@ -178,7 +178,8 @@ def softmax_shift(bk, protocol, inputs, axis=-1, **kw):
     shifted = bk.add_const(centered, -gamma * upper)
     # clip "low": only exp's lower clip; a row whose max - mean exceeds U gets exp's polynomial extrapolated
     # above 0 (positive and increasing, so still a distribution) instead of a second comparison per element.
-    # clip "bound": no comparison per element at all (bounded_rows keeps every argument above L).
+    # clip "bound": no comparison per element at all (bounded_rows keeps every argument above L); "prebound":
+    # the rows come bounded already (passes/query_bounds.py scaled the queries).
     saturate = clip == "both"
     e = exp_square_eval(bk, protocol.params["exp"], shifted, saturate=saturate, prescaled=prescaled)
     if not protocol.params.get("normalize", True):

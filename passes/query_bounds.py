@@ -1,0 +1,171 @@
+"""Bound attention's score rows on the query side: the 2-norm of bounded rows without a product per score.
+
+A bounded-rows softmax (``softmax.shiftb``, 2-norm) computes, per row of scores s_i = q_i K^T, the sum of squares
+S_i of s_i - mean(s_i), and scales a row beyond B^2 by f_i = B / sqrt(S_i): a square and a multiply per score.
+When the scores come straight from a MatMul, both are per-query quantities instead. With Kc = K^T minus its mean
+over the keys (a [d, m] per head), s_i - mean(s_i) = q_i Kc, so S_i = q_i (Kc Kc^T) q_i^T: one [d, d] product
+per head, then d products per query; and f_i (s_i) = (f_i q_i) K^T, d multiplies per query. The protocol node then
+takes rows already bounded (``clip`` "prebound") and skips its own bound: the same function of the same scores in
+real arithmetic (the whole-model check's verdict carries over), with n x d products in place of 2 n x m (m keys,
+d the head's width: 196 x 8 against 2 x 196 x 196 on the MNIST U-Net). In fixed point S is summed from different
+products; both stay far from the ring's range for any calibrated row.
+
+Applies to 2-norm bounded-rows softmax protocol nodes over the last axis whose input is a MatMul product with no
+other consumer; runs after the choice, the normalisation after V and the prescale (which may have scaled either
+operand: both are read as they are). The report entry records it with its estimated bytes and rounds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+import runtime.protocols as protocols
+from passes.graph_view import GraphView
+from runtime.protocols.cost_model import load_table
+from runtime.protocols.families import monic_form
+
+
+def prebound(protocol: protocols.Protocol) -> protocols.Protocol:
+    """The same softmax protocol taking rows already scaled into [-B, B]."""
+    return dataclasses.replace(protocol, name=f"{protocol.name}@q", params={**protocol.params, "clip": "prebound"})
+
+
+def movable(protocol: protocols.Protocol) -> bool:
+    """Whether this softmax protocol bounds its rows by their 2-norm (what this pass can move onto the queries)."""
+    return (protocol.family == "softmax_shift" and protocol.params.get("clip") == "bound"
+            and int(protocol.params.get("norm", 2)) == 2)
+
+
+def _why_not(view: GraphView, node: onnx.NodeProto, protocol, outputs: set[str]):
+    if protocol.family != "softmax_shift" or protocol.params.get("clip") != "bound":
+        return "not a bounded-rows softmax", None
+    if not movable(protocol):
+        return "bounded by the 4-norm (no quadratic form in the query)", None
+    return scores_product(view, node, outputs)
+
+
+def scores_product(view: GraphView, node: onnx.NodeProto, outputs: set[str]):
+    """``(None, the MatMul)`` when the softmax node's rows are a MatMul product's, over its last axis, with no other
+    consumer; else ``(why not, None)``. Also read by the pipeline before the choice, so that a 2-norm bounded
+    softmax is ranked at the cost it will have here."""
+    matmul = view.producer.get(node.input[0])
+    if matmul is None or matmul.op_type != "MatMul":
+        return "its input is not a MatMul product", None
+    if matmul.output[0] in outputs or view.only_consumer(matmul.output[0]) is not node:
+        return "the MatMul product has other consumers", None
+    shapes = [view.shape(name) for name in matmul.input]
+    axis = int(view.attrs(node).get("axis", -1))
+    if any(s is None or len(s) < 2 for s in shapes) or len(shapes[0]) != len(shapes[1]):
+        return "the MatMul's operands are not batched matrices of known shapes", None
+    if axis % len(shapes[0]) != len(shapes[0]) - 1:
+        return "the softmax axis is not the keys' axis", None
+    return None, matmul
+
+
+def bound_on_queries(model: onnx.ModelProto, rewrites: list[dict]) -> onnx.ModelProto:
+    """Move every applicable bounded-rows softmax's bound onto its queries; updates ``rewrites`` (report entries,
+    matched by node name) in place."""
+    view = GraphView(model)
+    outputs = {o.name for o in model.graph.output}
+    entries = {r["node"]: r for r in rewrites}
+    by_output: dict[str, list[onnx.NodeProto]] = {}
+    added: list[protocols.Protocol] = []
+    for node in model.graph.node:
+        if node.domain != protocols.DOMAIN or node.op_type != protocols.OP_TYPES["softmax"]:
+            continue
+        protocol = protocols.from_onnx_attributes(view.attrs(node), op_type=node.op_type)
+        why, matmul = _why_not(view, node, protocol, outputs)
+        entry = entries.get(node.name)
+        if why:
+            if entry is not None and protocol.params.get("clip") == "bound":
+                entry["query_bounds"] = f"bounded inside the protocol: {why}"
+            continue
+        q_protocol = prebound(protocol)
+        rsqrt = protocols.direct("rsqrt")
+        added += [q_protocol, rsqrt]
+        params = protocol.params
+        gamma = monic_form(params["exp"])[0] if params.get("prescaled") else 1.0
+        bound = gamma * float(params["bound"])        # in the units of the scores as computed
+        queries, keys = matmul.input
+        p = f"{node.name}/query_bound"
+        rank = len(view.shape(keys))
+        perm = list(range(rank - 2)) + [rank - 1, rank - 2]
+        scaled_queries = f"{p}/scaled_queries"
+        new_matmul = onnx.NodeProto()
+        new_matmul.CopyFrom(matmul)
+        new_matmul.input[0] = scaled_queries
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"}
+        by_output[matmul.output[0]] = [
+            _constant(f"{p}/axes", np.array([-1], np.int64)),
+            _constant(f"{p}/limit", np.array(bound * bound, np.float32)),
+            _constant(f"{p}/tiny", np.array((bound * 2.0 ** -20) ** 2, np.float32)),
+            _constant(f"{p}/bound", np.array(bound, np.float32)),
+            _constant(f"{p}/one", np.array(1.0, np.float32)),
+            helper.make_node("ReduceMean", [keys, f"{p}/axes"], [f"{p}/key_mean"], name=f"{p}/key_mean",
+                             keepdims=1),
+            helper.make_node("Sub", [keys, f"{p}/key_mean"], [f"{p}/centred_keys"], name=f"{p}/centre"),
+            helper.make_node("Transpose", [f"{p}/centred_keys"], [f"{p}/centred_keys_t"], name=f"{p}/transpose",
+                             perm=perm),
+            helper.make_node("MatMul", [f"{p}/centred_keys", f"{p}/centred_keys_t"], [f"{p}/gram"],
+                             name=f"{p}/gram"),
+            helper.make_node("MatMul", [queries, f"{p}/gram"], [f"{p}/queries_gram"], name=f"{p}/queries_gram"),
+            helper.make_node("Mul", [queries, f"{p}/queries_gram"], [f"{p}/terms"], name=f"{p}/terms"),
+            helper.make_node("ReduceSum", [f"{p}/terms", f"{p}/axes"], [f"{p}/square_sum"], name=f"{p}/square_sum",
+                             keepdims=1),
+            helper.make_node("Greater", [f"{p}/square_sum", f"{p}/limit"], [f"{p}/beyond"], name=f"{p}/beyond"),
+            helper.make_node("Add", [f"{p}/square_sum", f"{p}/tiny"], [f"{p}/square_sum_tiny"], name=f"{p}/tiny"),
+            protocols.make_node(rsqrt, [f"{p}/square_sum_tiny"], f"{p}/rsqrt", f"{p}/rsqrt"),
+            helper.make_node("Mul", [f"{p}/rsqrt", f"{p}/bound"], [f"{p}/shrink"], name=f"{p}/shrink"),
+            helper.make_node("Where", [f"{p}/beyond", f"{p}/shrink", f"{p}/one"], [f"{p}/factor"],
+                             name=f"{p}/factor"),
+            helper.make_node("Mul", [queries, f"{p}/factor"], [scaled_queries], name=f"{p}/scale_queries"),
+            new_matmul,
+        ]
+        by_output[node.output[0]] = [protocols.make_node(q_protocol, node.input, node.output[0], node.name,
+                                                         **attrs)]
+        if entry is not None:
+            _update_entry(entry, protocol, q_protocol, view.shape(node.input[0]), view.shape(queries),
+                          view.shape(keys))
+    if not by_output:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    nodes = []
+    for node in model.graph.node:
+        nodes.extend(by_output.get(node.output[0], [node]) if node.output else [node])
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    protocols.add_functions(out, added)
+    return out
+
+
+def _constant(name: str, value: np.ndarray) -> onnx.NodeProto:
+    # a Constant node, not an initializer: float initializers are the model owner's secret weights
+    return helper.make_node("Constant", [], [name], name=name, value=numpy_helper.from_array(value, name))
+
+
+def _update_entry(entry: dict, protocol, q_protocol, score_shape, query_shape, key_shape) -> None:
+    table = load_table()
+    before, after = protocol.cost(score_shape, axis=-1), q_protocol.cost(score_shape, axis=-1)
+    mul_bytes, mul_rounds = table.primitive("mul")
+    trunc_bytes, trunc_rounds = table.primitive("trunc")
+    cmp_bytes, cmp_rounds = table.primitive("compare")
+    sel_bytes, sel_rounds = table.primitive("select")
+    rsqrt_bytes, rsqrt_rounds = table.native("rsqrt", None)
+    rows = int(np.prod(query_shape[:-1]))
+    width = int(query_shape[-1])
+    heads = int(np.prod(key_shape[:-2]))
+    # the key mean, the [d, d] Gram product, the queries' product with it, their row sums, the factor, the scaling
+    extra_bytes = (trunc_bytes * heads * width + mul_bytes * heads * width * width + 3 * mul_bytes * rows * width
+                   + trunc_bytes * rows + (cmp_bytes + sel_bytes + rsqrt_bytes) * rows)
+    extra_rounds = trunc_rounds + 3 * mul_rounds + trunc_rounds + rsqrt_rounds + sel_rounds + mul_rounds
+    entry["protocol"] = q_protocol.name
+    entry["params"] = q_protocol.params
+    entry["query_bounds"] = (f"rows bounded on the queries: S = q (Kc Kc^T) q^T and the factor on q, about "
+                             f"{3 * rows * width} products in place of {2 * int(np.prod(score_shape))} on the scores")
+    entry["est_bytes_after"] = float(entry["est_bytes_after"] - before.bytes + after.bytes + extra_bytes)
+    entry["est_rounds_after"] = float(entry["est_rounds_after"] - before.rounds + after.rounds + extra_rounds)
