@@ -42,6 +42,10 @@ FIT_SPECS = [
     {"lower": -16, "squarings": 3, "degree": 4},
     {"lower": -8, "squarings": 2, "degree": 2},
     {"lower": -8, "squarings": 2, "degree": 3},
+    # wide ranges for rows bounded by their 2-norm (long attention rows: B + U ~ 20)
+    {"lower": -24, "squarings": 3, "degree": 3},
+    {"lower": -24, "squarings": 4, "degree": 2},
+    {"lower": -24, "squarings": 4, "degree": 3},
     {"taylor": 6},
     {"taylor": 8},
 ]

@@ -67,7 +67,7 @@ EXP_CHOICES = ("exp.sq.l16.k2.d2", "exp.sq.l12.k3.d2", "exp.sq.l12.k2.d3", "exp.
 LOW_CLIP_EXPS = ("exp.sq.l8.k2.d2", "exp.sq.l8.k2.d3", "exp.sq.l12.k2.d3", "exp.sq.l16.k3.d3")
 # bounded rows (no comparison per element): exp's range [L, 0] must hold B + U, so the wider ranges too
 BOUND_EXPS = ("exp.sq.l8.k2.d2", "exp.sq.l8.k2.d3", "exp.sq.l12.k2.d3", "exp.sq.l12.k3.d2", "exp.sq.l16.k2.d2",
-              "exp.sq.l16.k3.d3")
+              "exp.sq.l16.k3.d3", "exp.sq.l24.k3.d3", "exp.sq.l24.k4.d3")
 # B + U stays this fraction inside exp's range: the rsqrt that scales a row down errs by ~3e-3 (relative)
 BOUND_ROOM = 0.98
 FIT_SPECS = [{"exp": name} for name in EXP_CHOICES] + [
