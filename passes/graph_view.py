@@ -6,7 +6,7 @@ from collections import defaultdict
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from compiler.interpreter import attribute_dict
 
@@ -85,6 +85,16 @@ class GraphView:
             return users[0]
         return None
 
+    def sole_matmul(self, name: str, consumer: onnx.NodeProto) -> tuple[str | None, onnx.NodeProto | None]:
+        """``(None, the MatMul)`` when ``name`` is a MatMul product used by ``consumer`` alone (attention's scores
+        feeding a softmax), else ``(why not, None)``."""
+        matmul = self.producer.get(name)
+        if matmul is None or matmul.op_type != "MatMul":
+            return "its input is not a MatMul product", None
+        if self.only_consumer(matmul.output[0]) is not consumer:
+            return "the MatMul product has other consumers", None
+        return None, matmul
+
     def escaping_outputs(self, nodes: list[onnx.NodeProto], root: onnx.NodeProto) -> list[str]:
         """Outputs of ``nodes`` (other than the root's) used outside the set: they block removing the set."""
         inside = {id(n) for n in nodes}
@@ -133,3 +143,23 @@ def _value_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
     for init in model.graph.initializer:
         shapes[init.name] = tuple(init.dims)
     return shapes
+
+
+def public_constant(name: str, value: np.ndarray) -> onnx.NodeProto:
+    """A Constant node (not an initializer: float initializers are the model owner's secret weights)."""
+    return helper.make_node("Constant", [], [name], name=name, value=numpy_helper.from_array(value, name))
+
+
+def with_replacements(model: onnx.ModelProto, by_output: dict[str, list[onnx.NodeProto]], added) -> onnx.ModelProto:
+    """A copy of ``model`` with each node whose first output is a key of ``by_output`` replaced, in place, by that
+    list of nodes, and the function bodies of the protocols ``added`` attached."""
+    import runtime.protocols as protocols
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    nodes = []
+    for node in model.graph.node:
+        nodes.extend(by_output.get(node.output[0], [node]) if node.output else [node])
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    protocols.add_functions(out, added)
+    return out

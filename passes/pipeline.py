@@ -162,7 +162,6 @@ def _choose_all(canon, stats: dict[str, TensorStats], budgets: dict[str, float],
     earlier choices (the same node, budget and knobs in use choose the same)."""
     choices = {} if choices is None else choices
     view = GraphView(canon.model)
-    outputs = {o.name for o in canon.model.graph.output}
     knobs = protocols.SpuKnobs()
     used: list[protocols.Protocol] = []
     plain_used: list[protocols.Protocol] = []
@@ -176,7 +175,7 @@ def _choose_all(canon, stats: dict[str, TensorStats], budgets: dict[str, float],
         memo = (key, budgets[key], repr(knobs.to_json()))
         if memo not in choices:
             attrs = entry.attrs
-            if op == "softmax" and scores_product(view, node, outputs)[1] is not None:
+            if op == "softmax" and scores_product(view, node)[1] is not None:
                 attrs = {**attrs, QUERY_BOUND: True}     # passes/query_bounds.py will take its 2-norm bound
             choices[memo] = choose(op, shape, attrs, stats.get(node.input[0]), budgets[key], extra, knobs,
                                    fraction_bits)

@@ -19,10 +19,10 @@ import dataclasses
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 import runtime.protocols as protocols
-from passes.graph_view import GraphView
+from passes.graph_view import GraphView, public_constant, with_replacements
 from runtime.protocols.cost_model import load_table
 from runtime.protocols.families import monic_applies, monic_form
 
@@ -62,11 +62,9 @@ def _why_not(view: GraphView, node: onnx.NodeProto, outputs: set[str]) -> tuple[
     gamma = input_scale(protocol)
     if gamma is None:
         return "its exp has no monic form (degree above 3)", None
-    matmul = view.producer.get(node.input[0])
-    if matmul is None or matmul.op_type != "MatMul":
-        return "its input is not a MatMul product", None
-    if matmul.output[0] in outputs or view.only_consumer(matmul.output[0]) is not node:
-        return "the MatMul product has other consumers", None
+    why, matmul = view.sole_matmul(node.input[0], node)
+    if why:
+        return why, None
     shapes = [view.shape(name) for name in matmul.input]
     out_shape = view.shape(matmul.output[0])
     if any(s is None for s in shapes) or out_shape is None:
@@ -112,8 +110,6 @@ def fold_prescales(model: onnx.ModelProto, rewrites: list[dict]) -> onnx.ModelPr
     if not folds:
         return model
 
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
     by_output = {}       # node output -> replacement node(s), emitted where the original stood
     added = []
     table = load_table()
@@ -131,7 +127,7 @@ def fold_prescales(model: onnx.ModelProto, rewrites: list[dict]) -> onnx.ModelPr
             new_scale = onnx.NodeProto()
             new_scale.CopyFrom(f.scale)
             new_scale.input[i] = gamma_name
-            by_output[f.scale.output[0]] = [_constant(gamma_name, merged.astype(value.dtype)), new_scale]
+            by_output[f.scale.output[0]] = [public_constant(gamma_name, merged.astype(value.dtype)), new_scale]
             how = f"merged into {f.scale.name} (no truncation of its own)"
             extra = (0.0, 0)
         else:
@@ -140,7 +136,7 @@ def fold_prescales(model: onnx.ModelProto, rewrites: list[dict]) -> onnx.ModelPr
             new_matmul.CopyFrom(f.matmul)
             new_matmul.input[f.index] = scaled
             by_output[f.matmul.output[0]] = [
-                _constant(gamma_name, np.array(f.gamma, np.float32)),
+                public_constant(gamma_name, np.array(f.gamma, np.float32)),
                 helper.make_node("Mul", [f.matmul.input[f.index], gamma_name], [scaled],
                                  name=f"{f.node.name}/prescale"), new_matmul]
             how = f"on {f.matmul.name}'s operand {f.matmul.input[f.index]} ({f.operand_size} truncations)"
@@ -149,18 +145,7 @@ def fold_prescales(model: onnx.ModelProto, rewrites: list[dict]) -> onnx.ModelPr
         entry = entries.get(f.node.name)
         if entry is not None:
             _update_entry(entry, f, s_protocol, view.shape(f.node.input[0]), how, extra)
-    nodes = []
-    for node in model.graph.node:
-        nodes.extend(by_output.get(node.output[0], [node]) if node.output else [node])
-    del out.graph.node[:]
-    out.graph.node.extend(nodes)
-    protocols.add_functions(out, added)
-    return out
-
-
-def _constant(name: str, value: np.ndarray) -> onnx.NodeProto:
-    # a Constant node, not an initializer: float initializers are the model owner's secret weights
-    return helper.make_node("Constant", [], [name], name=name, value=numpy_helper.from_array(value, name))
+    return with_replacements(model, by_output, added)
 
 
 def _update_entry(entry: dict, fold: _Fold, s_protocol, score_shape, how: str, extra: tuple[float, int]) -> None:

@@ -21,10 +21,10 @@ import dataclasses
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 import runtime.protocols as protocols
-from passes.graph_view import GraphView
+from passes.graph_view import GraphView, public_constant, with_replacements
 from runtime.protocols.cost_model import load_table
 from runtime.protocols.families import monic_form
 
@@ -40,23 +40,21 @@ def movable(protocol: protocols.Protocol) -> bool:
             and int(protocol.params.get("norm", 2)) == 2)
 
 
-def _why_not(view: GraphView, node: onnx.NodeProto, protocol, outputs: set[str]):
+def _why_not(view: GraphView, node: onnx.NodeProto, protocol):
     if protocol.family != "softmax_shift" or protocol.params.get("clip") != "bound":
         return "not a bounded-rows softmax", None
     if not movable(protocol):
         return "bounded by the 4-norm (no quadratic form in the query)", None
-    return scores_product(view, node, outputs)
+    return scores_product(view, node)
 
 
-def scores_product(view: GraphView, node: onnx.NodeProto, outputs: set[str]):
+def scores_product(view: GraphView, node: onnx.NodeProto):
     """``(None, the MatMul)`` when the softmax node's rows are a MatMul product's, over its last axis, with no other
     consumer; else ``(why not, None)``. Also read by the pipeline before the choice, so that a 2-norm bounded
     softmax is ranked at the cost it will have here."""
-    matmul = view.producer.get(node.input[0])
-    if matmul is None or matmul.op_type != "MatMul":
-        return "its input is not a MatMul product", None
-    if matmul.output[0] in outputs or view.only_consumer(matmul.output[0]) is not node:
-        return "the MatMul product has other consumers", None
+    why, matmul = view.sole_matmul(node.input[0], node)
+    if why:
+        return why, None
     shapes = [view.shape(name) for name in matmul.input]
     axis = int(view.attrs(node).get("axis", -1))
     if any(s is None or len(s) < 2 for s in shapes) or len(shapes[0]) != len(shapes[1]):
@@ -70,7 +68,6 @@ def bound_on_queries(model: onnx.ModelProto, rewrites: list[dict]) -> onnx.Model
     """Move every applicable bounded-rows softmax's bound onto its queries; updates ``rewrites`` (report entries,
     matched by node name) in place."""
     view = GraphView(model)
-    outputs = {o.name for o in model.graph.output}
     entries = {r["node"]: r for r in rewrites}
     by_output: dict[str, list[onnx.NodeProto]] = {}
     added: list[protocols.Protocol] = []
@@ -78,7 +75,7 @@ def bound_on_queries(model: onnx.ModelProto, rewrites: list[dict]) -> onnx.Model
         if node.domain != protocols.DOMAIN or node.op_type != protocols.OP_TYPES["softmax"]:
             continue
         protocol = protocols.from_onnx_attributes(view.attrs(node), op_type=node.op_type)
-        why, matmul = _why_not(view, node, protocol, outputs)
+        why, matmul = _why_not(view, node, protocol)
         entry = entries.get(node.name)
         if why:
             if entry is not None and protocol.params.get("clip") == "bound":
@@ -100,11 +97,11 @@ def bound_on_queries(model: onnx.ModelProto, rewrites: list[dict]) -> onnx.Model
         new_matmul.input[0] = scaled_queries
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"}
         by_output[matmul.output[0]] = [
-            _constant(f"{p}/axes", np.array([-1], np.int64)),
-            _constant(f"{p}/limit", np.array(bound * bound, np.float32)),
-            _constant(f"{p}/tiny", np.array((bound * 2.0 ** -20) ** 2, np.float32)),
-            _constant(f"{p}/bound", np.array(bound, np.float32)),
-            _constant(f"{p}/one", np.array(1.0, np.float32)),
+            public_constant(f"{p}/axes", np.array([-1], np.int64)),
+            public_constant(f"{p}/limit", np.array(bound * bound, np.float32)),
+            public_constant(f"{p}/tiny", np.array((bound * 2.0 ** -20) ** 2, np.float32)),
+            public_constant(f"{p}/bound", np.array(bound, np.float32)),
+            public_constant(f"{p}/one", np.array(1.0, np.float32)),
             helper.make_node("ReduceMean", [keys, f"{p}/axes"], [f"{p}/key_mean"], name=f"{p}/key_mean",
                              keepdims=1),
             helper.make_node("Sub", [keys, f"{p}/key_mean"], [f"{p}/centred_keys"], name=f"{p}/centre"),
@@ -130,22 +127,7 @@ def bound_on_queries(model: onnx.ModelProto, rewrites: list[dict]) -> onnx.Model
         if entry is not None:
             _update_entry(entry, protocol, q_protocol, view.shape(node.input[0]), view.shape(queries),
                           view.shape(keys))
-    if not by_output:
-        return model
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    nodes = []
-    for node in model.graph.node:
-        nodes.extend(by_output.get(node.output[0], [node]) if node.output else [node])
-    del out.graph.node[:]
-    out.graph.node.extend(nodes)
-    protocols.add_functions(out, added)
-    return out
-
-
-def _constant(name: str, value: np.ndarray) -> onnx.NodeProto:
-    # a Constant node, not an initializer: float initializers are the model owner's secret weights
-    return helper.make_node("Constant", [], [name], name=name, value=numpy_helper.from_array(value, name))
+    return with_replacements(model, by_output, added) if by_output else model
 
 
 def _update_entry(entry: dict, protocol, q_protocol, score_shape, query_shape, key_shape) -> None:
