@@ -21,7 +21,6 @@ KEEP_ALL_BYTES = 256 << 20
 SHARE_BYTES = 16
 OPTION = "disable_deallocation_insertion"
 
-_RESULT = re.compile(r"^\s*%[^=]*=.*?tensor<([^>]*)>\s*$")
 _TENSOR = re.compile(r"tensor<([^>]*)>")
 
 

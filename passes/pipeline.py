@@ -15,11 +15,10 @@ from onnx import version_converter
 import runtime.protocols as protocols
 from passes.calibrate import TensorStats, calibrate
 from passes.canonicalize import canonicalize
-from passes.choose import choose, error_curve
+from passes.choose import QUERY_BOUND, choose, error_curve
 from passes.cost import estimate_model
 from passes.expand_attention import EXPANDED_FROM, expand_attention
 from passes.fuse_attention import fuse_attention
-from passes.choose import QUERY_BOUND
 from passes.query_bounds import bound_on_queries, scores_product
 from passes import model_check
 from passes.graph_view import GraphView

@@ -26,7 +26,7 @@ from onnx import helper
 import runtime.protocols as protocols
 from passes.graph_view import GraphView, public_constant, with_replacements
 from runtime.protocols.cost_model import load_table
-from runtime.protocols.families import monic_form
+from runtime.protocols.families import monic_form, zero_row_guard
 
 
 def prebound(protocol: protocols.Protocol) -> protocols.Protocol:
@@ -99,7 +99,7 @@ def bound_on_queries(model: onnx.ModelProto, rewrites: list[dict]) -> onnx.Model
         by_output[matmul.output[0]] = [
             public_constant(f"{p}/axes", np.array([-1], np.int64)),
             public_constant(f"{p}/limit", np.array(bound * bound, np.float32)),
-            public_constant(f"{p}/tiny", np.array((bound * 2.0 ** -20) ** 2, np.float32)),
+            public_constant(f"{p}/tiny", np.array(zero_row_guard(bound), np.float32)),
             public_constant(f"{p}/bound", np.array(bound, np.float32)),
             public_constant(f"{p}/one", np.array(1.0, np.float32)),
             helper.make_node("ReduceMean", [keys, f"{p}/axes"], [f"{p}/key_mean"], name=f"{p}/key_mean",

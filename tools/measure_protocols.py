@@ -181,9 +181,10 @@ def _rows_within_bound(x, params, rng):
     calibrated row's norm, 10% larger, stays within B (and max - mean within U), so no row is scaled down there.
     Rows beyond B are out of calibration (a lower temperature: sane, not accurate); measuring SPU's deviation on
     them would charge every node the error of SPU's rsqrt on rows it never sees."""
+    from runtime.protocols.softmax import row_norms
     norm, bound, upper = int(params.get("norm", 2)), float(params["bound"]), float(params["upper"])
     centered = x - x.mean(axis=1, keepdims=True)
-    norms = np.sum(np.abs(centered) ** norm, axis=1, keepdims=True) ** (1.0 / norm)
+    norms = row_norms(centered, 1, norm)
     peaks = centered.max(axis=1, keepdims=True)
     factor = np.minimum(0.9 * bound / norms, 0.98 * upper / peaks) * rng.uniform(0.3, 1.0, (x.shape[0], 1))
     return centered * factor + rng.normal(0.0, 3.0, (x.shape[0], 1))

@@ -188,6 +188,12 @@ def softmax_shift(bk, protocol, inputs, axis=-1, **kw):
     return bk.mul(e, bk.native("reciprocal", total))
 
 
+def zero_row_guard(bound: float) -> float:
+    """Added to a row's sum of squares before its rsqrt: a constant row's sum is 0 and has none. Its factor is not
+    used, but must not be infinite in float; relative to the bound, so a prescaled input gives the same factor."""
+    return (bound * 2.0 ** -20) ** 2
+
+
 def bounded_rows(bk, centered, bound: float, axis, norm: int = 2, square_limit: float | None = None):
     """Rows of x - mean(x) scaled so that every entry lies in [-bound, bound], with comparisons per row only.
 
@@ -221,10 +227,7 @@ def bounded_rows(bk, centered, bound: float, axis, norm: int = 2, square_limit: 
         shrink = bk.add_const(bk.native("rsqrt", bk.add_const(ratio, 2.0 ** -20)), -1.0)
         return bk.mul(centered, bk.add_const(bk.where(outside, shrink), 1.0))
     beyond = bk.greater(square_sum, bound * bound)
-    # (+(2^-20 bound)^2: a constant row's S = 0 has no rsqrt; its factor is not used, but must not be infinite in
-    # float; relative to the bound, so a prescaled input gives the same factor)
-    tiny = (bound * 2.0 ** -20) ** 2
-    shrink = bk.add_const(bk.scale(bk.native("rsqrt", bk.add_const(square_sum, tiny)), bound), -1.0)
+    shrink = bk.add_const(bk.scale(bk.native("rsqrt", bk.add_const(square_sum, zero_row_guard(bound))), bound), -1.0)
     return bk.mul(centered, bk.add_const(bk.where(beyond, shrink), 1.0))
 
 

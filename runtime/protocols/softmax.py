@@ -208,13 +208,17 @@ def specialize(protocol, cases, axis: int):
     return dataclasses.replace(protocol, name=f"{base}@u{upper:g}", params=params)
 
 
+def row_norms(centered, axis: int, norm: int = 2):
+    """The p-norm (p = ``norm``) of each row of ``centered`` along ``axis`` (kept, of length 1)."""
+    return np.sum(np.abs(centered) ** norm, axis=axis, keepdims=True) ** (1.0 / norm)
+
+
 def calibrated_row_norm(cases, axis: int, norm: int = 2) -> float:
     """The largest p-norm (p = ``norm``) of x - mean over the calibrated rows: what bounded rows compare with B."""
     worst = 0.0
     for x in cases:
         x = np.asarray(x, np.float64)
-        centered = x - np.mean(x, axis=axis, keepdims=True)
-        worst = max(worst, float(np.max(np.sum(np.abs(centered) ** norm, axis=axis)) ** (1.0 / norm)))
+        worst = max(worst, float(np.max(row_norms(x - np.mean(x, axis=axis, keepdims=True), axis, norm))))
     return worst
 
 
