@@ -150,10 +150,10 @@ class Prices:
     COMPOSITE = {"sigmoid": ("exp", "reciprocal"), "erf": ("exp", "reciprocal"), "softplus": ("exp",),
                  "divide": ("reciprocal",)}
 
-    def __init__(self, knobs: dict | None):
+    def __init__(self, knobs: dict | None, effective_rounds: bool = True):
         from runtime.protocols.cost_model import load_table
         self.own = load_cost_table()
-        self.table = EffectiveTable(load_table(), self.own.get("effective_rounds"))
+        self.table = EffectiveTable(load_table(), self.own.get("effective_rounds") if effective_rounds else None)
         self.knobs = {"runtime": dict((knobs or {}).get("runtime", {})),
                       "compiler": dict((knobs or {}).get("compiler", {}))}
 
@@ -1011,15 +1011,16 @@ def program_knobs(model: onnx.ModelProto) -> dict:
 
 
 def estimate_model(model: onnx.ModelProto, public_inputs: set[str] | frozenset[str] = frozenset(),
-                   knobs: dict | None = None) -> dict:
+                   knobs: dict | None = None, effective_rounds: bool = True) -> dict:
     """Estimated 3-party bytes and rounds of running ``model`` under ABY3/FM64 (see the module docs).
 
     ``public_inputs``: graph inputs every party knows (the timestep); ``knobs``: {"runtime": {...}, "compiler":
     {...}} the whole program runs with (default: the union of the protocol nodes' ``spu_knobs``).
+    ``effective_rounds`` False: each op's rounds as if it ran alone (what the report's per-node entries compare).
     """
     if knobs is None:
         knobs = program_knobs(model)
-    prices = Prices(knobs)
+    prices = Prices(knobs, effective_rounds)
     info = GraphInfo(model, set(public_inputs))
     info.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 18)
     nodes, unsupported = [], []

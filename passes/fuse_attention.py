@@ -8,8 +8,8 @@ graph gets ReduceSum -> Reciprocal -> Mul after the MatMul. The identity is exac
 whole-model check's verdict on the softmax carries over; in fixed point the unnormalised e (at most e^U per entry,
 U the calibrated shift) times V stays far from the ring's range.
 
-Runs after the protocol choice, on the chosen graph; the softmax's report entry records the fusion and its
-estimated bytes and rounds are those of the fused form.
+Runs after the protocol choice, on the chosen graph; the softmax's report entry records the fusion, and the
+nodes added here count in its estimated bytes and rounds (``charge_to``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from onnx import helper, numpy_helper
 
 import runtime.protocols as protocols
 from compiler.interpreter import attribute_dict
-from runtime.protocols.cost_model import load_table
+from passes.graph_view import charge_to
 
 FUSABLE_FAMILIES = ("softmax_shift", "softmax_max")
 
@@ -54,7 +54,6 @@ def fuse_attention(model: onnx.ModelProto, rewrites: list[dict], shape_of) -> on
             consumers.setdefault(name, []).append(node)
     outputs = {o.name for o in model.graph.output}
     entries = {r["node"]: r for r in rewrites}
-    table = load_table()
     new_nodes, added = [], []
     fused_matmuls: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
@@ -80,14 +79,19 @@ def fuse_attention(model: onnx.ModelProto, rewrites: list[dict], shape_of) -> on
         product, total, inverse = f"{out}/unnormalized", f"{e_name}/row_sum", f"{e_name}/row_reciprocal"
         axes = f"{e_name}/axes"
         fused_matmuls[matmul.output[0]] = [
-            helper.make_node("Constant", [], [axes], value=numpy_helper.from_array(np.array([-1], np.int64))),
             helper.make_node("MatMul", [e_name, matmul.input[1]], [product], name=matmul.name),
-            helper.make_node("ReduceSum", [e_name, axes], [total], name=f"{node.name}/row_sum", keepdims=1),
-            helper.make_node("Reciprocal", [total], [inverse], name=f"{node.name}/row_reciprocal"),
-            helper.make_node("Mul", [product, inverse], [out], name=f"{matmul.name}/normalize"),
+            *charge_to(node.name, [
+                helper.make_node("Constant", [], [axes], name=axes,
+                                 value=numpy_helper.from_array(np.array([-1], np.int64))),
+                helper.make_node("ReduceSum", [e_name, axes], [total], name=f"{node.name}/row_sum", keepdims=1),
+                helper.make_node("Reciprocal", [total], [inverse], name=f"{node.name}/row_reciprocal"),
+                helper.make_node("Mul", [product, inverse], [out], name=f"{matmul.name}/normalize")]),
         ]
         if entry is not None:
-            _update_entry(entry, e_protocol, shape_of(node.input[0]), shape_of(out), matmul.name, table)
+            entry["protocol"], entry["params"] = e_protocol.name, e_protocol.params
+            products = int(np.prod(shape_of(out))) if shape_of(out) else "one per output element,"
+            entry["fusion"] = (f"normalised after the value MatMul {matmul.name}: {products} multiplies instead of "
+                               f"{int(np.prod(shape_of(node.input[0])))}")
     if not new_nodes:
         return model
     out_model = onnx.ModelProto()
@@ -106,16 +110,3 @@ def fuse_attention(model: onnx.ModelProto, rewrites: list[dict], shape_of) -> on
     protocols.add_functions(out_model, added)
     return out_model
 
-
-def _update_entry(entry: dict, e_protocol, score_shape, out_shape, matmul: str, table) -> None:
-    rows = int(np.prod(score_shape[:-1]))
-    outputs = int(np.prod(out_shape)) if out_shape else rows
-    e_cost = e_protocol.cost(score_shape, axis=-1)
-    mul_bytes, mul_rounds = table.primitive("mul")
-    recip_bytes, recip_rounds = table.native("reciprocal", e_protocol.knobs.to_json())
-    entry["protocol"] = e_protocol.name
-    entry["params"] = e_protocol.params
-    entry["fusion"] = (f"normalised after the value MatMul {matmul}: {outputs} multiplies instead of "
-                       f"{int(np.prod(score_shape))}")
-    entry["est_bytes_after"] = float(e_cost.bytes + recip_bytes * rows + mul_bytes * outputs)
-    entry["est_rounds_after"] = float(e_cost.rounds + recip_rounds + mul_rounds)

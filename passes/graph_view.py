@@ -163,3 +163,15 @@ def with_replacements(model: onnx.ModelProto, by_output: dict[str, list[onnx.Nod
     out.graph.node.extend(nodes)
     protocols.add_functions(out, added)
     return out
+
+
+# Metadata key on the nodes a pass adds for a rewritten node (the rewritten node's name as value): their estimated
+# cost is that node's, in its report entry (passes/report.py: charge_estimates).
+COST_OF = "cipherdm.cost_of"
+
+
+def charge_to(owner: str, nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """Mark ``nodes`` (new ones only, not copies of the graph's own) as part of the rewritten node ``owner``."""
+    for node in nodes:
+        node.metadata_props.add(key=COST_OF, value=owner)
+    return nodes

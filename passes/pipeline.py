@@ -27,7 +27,7 @@ from passes.hoist_scale import hoist_scales, merge_operand_scales
 from passes.prescale import fold_prescales
 from passes.model_check import DEFAULT_MODEL_ERROR
 from passes.relax import relax
-from passes.report import add_totals, empty_report
+from passes.report import add_totals, charge_estimates, empty_report
 
 DEFAULT_BUDGET = 1e-2
 
@@ -118,12 +118,16 @@ def rewrite(model: onnx.ModelProto, *, public_inputs=frozenset(), calibration: l
     report["constants_folded"] = len(folded)
     report["calibration"] = _calibration_note(calibration, calibration_source)
     report["knobs"] = chosen.knobs.to_json()
+    # Every rewrite entry priced as it ended up after the graph passes above, each op's rounds as if alone (like
+    # the entries' costs before); then the whole-model estimates (passes/cost.py): the model as given under SPU's
+    # defaults, and the rewritten one.
+    charge_estimates(chosen.rewrites, out,
+                     estimate_model(out, set(public_inputs), chosen.knobs.to_json(), effective_rounds=False))
     add_totals(report)
-    # Whole-model estimates (passes/cost.py): the model as given under SPU's defaults, and the rewritten one.
-    report["model_estimate"] = {
-        mode: {key: est["totals"][key] for key in ("bytes", "rounds")}
-        for mode, est in (("direct", estimate_model(original, set(public_inputs), {})),
-                          ("rewritten", estimate_model(out, set(public_inputs), chosen.knobs.to_json())))}
+    estimates = {"direct": estimate_model(original, set(public_inputs), {}),
+                 "rewritten": estimate_model(out, set(public_inputs), chosen.knobs.to_json())}
+    report["model_estimate"] = {mode: {key: est["totals"][key] for key in ("bytes", "rounds")}
+                                for mode, est in estimates.items()}
     onnx.checker.check_model(out)
     return PassResult(out, report, chosen.knobs)
 

@@ -10,7 +10,8 @@ is scaled by gamma inside it), so its plaintext function body stays exact.
 
 Applies to softmax protocol nodes whose exp has a monic form (degree <= 3) and whose input is a MatMul product
 with no other consumer, when the MatMul's smaller operand is smaller than the product. Runs after the protocol
-choice (gamma depends on the chosen exp); the report entry records the fold and its estimated bytes and rounds.
+choice (gamma depends on the chosen exp); the report entry records the fold, and a Mul added here counts in its
+estimated bytes and rounds (``charge_to``).
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ import onnx
 from onnx import helper
 
 import runtime.protocols as protocols
-from passes.graph_view import GraphView, public_constant, with_replacements
-from runtime.protocols.cost_model import load_table
+from passes.graph_view import GraphView, charge_to, public_constant, with_replacements
 from runtime.protocols.families import monic_applies, monic_form
 
 FAMILIES = ("softmax_shift", "softmax_max")
@@ -112,7 +112,6 @@ def fold_prescales(model: onnx.ModelProto, rewrites: list[dict]) -> onnx.ModelPr
 
     by_output = {}       # node output -> replacement node(s), emitted where the original stood
     added = []
-    table = load_table()
     for f in folds:
         s_protocol = prescaled(f.protocol)
         added.append(s_protocol)
@@ -129,29 +128,20 @@ def fold_prescales(model: onnx.ModelProto, rewrites: list[dict]) -> onnx.ModelPr
             new_scale.input[i] = gamma_name
             by_output[f.scale.output[0]] = [public_constant(gamma_name, merged.astype(value.dtype)), new_scale]
             how = f"merged into {f.scale.name} (no truncation of its own)"
-            extra = (0.0, 0)
         else:
             scaled = f"{f.matmul.input[f.index]}/prescaled_for/{f.node.name}"
             new_matmul = onnx.NodeProto()
             new_matmul.CopyFrom(f.matmul)
             new_matmul.input[f.index] = scaled
             by_output[f.matmul.output[0]] = [
-                public_constant(gamma_name, np.array(f.gamma, np.float32)),
-                helper.make_node("Mul", [f.matmul.input[f.index], gamma_name], [scaled],
-                                 name=f"{f.node.name}/prescale"), new_matmul]
+                *charge_to(f.node.name, [
+                    public_constant(gamma_name, np.array(f.gamma, np.float32)),
+                    helper.make_node("Mul", [f.matmul.input[f.index], gamma_name], [scaled],
+                                     name=f"{f.node.name}/prescale")]),
+                new_matmul]
             how = f"on {f.matmul.name}'s operand {f.matmul.input[f.index]} ({f.operand_size} truncations)"
-            trunc_bytes, trunc_rounds = table.primitive("trunc")
-            extra = (trunc_bytes * f.operand_size, trunc_rounds)
         entry = entries.get(f.node.name)
         if entry is not None:
-            _update_entry(entry, f, s_protocol, view.shape(f.node.input[0]), how, extra)
+            entry["protocol"], entry["params"] = s_protocol.name, s_protocol.params
+            entry["prescale"] = f"input scale {f.gamma:.6g} folded into {f.matmul.name}: {how}"
     return with_replacements(model, by_output, added)
-
-
-def _update_entry(entry: dict, fold: _Fold, s_protocol, score_shape, how: str, extra: tuple[float, int]) -> None:
-    before, after = fold.protocol.cost(score_shape, axis=-1), s_protocol.cost(score_shape, axis=-1)
-    entry["protocol"] = s_protocol.name
-    entry["params"] = s_protocol.params
-    entry["prescale"] = f"input scale {fold.gamma:.6g} folded into {fold.matmul.name}: {how}"
-    entry["est_bytes_after"] = float(entry["est_bytes_after"] - before.bytes + after.bytes + extra[0])
-    entry["est_rounds_after"] = float(entry["est_rounds_after"] - before.rounds + after.rounds + extra[1])

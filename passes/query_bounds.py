@@ -12,7 +12,8 @@ products; both stay far from the ring's range for any calibrated row.
 
 Applies to 2-norm bounded-rows softmax protocol nodes over the last axis whose input is a MatMul product with no
 other consumer; runs after the choice, the normalisation after V and the prescale (which may have scaled either
-operand: both are read as they are). The report entry records it with its estimated bytes and rounds.
+operand: both are read as they are). The report entry records it; the nodes added here count in its estimated
+bytes and rounds (``charge_to``).
 """
 
 from __future__ import annotations
@@ -24,8 +25,7 @@ import onnx
 from onnx import helper
 
 import runtime.protocols as protocols
-from passes.graph_view import GraphView, public_constant, with_replacements
-from runtime.protocols.cost_model import load_table
+from passes.graph_view import GraphView, charge_to, public_constant, with_replacements
 from runtime.protocols.families import monic_form, zero_row_guard
 
 
@@ -96,7 +96,7 @@ def bound_on_queries(model: onnx.ModelProto, rewrites: list[dict]) -> onnx.Model
         new_matmul.CopyFrom(matmul)
         new_matmul.input[0] = scaled_queries
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"}
-        by_output[matmul.output[0]] = [
+        by_output[matmul.output[0]] = [*charge_to(node.name, [
             public_constant(f"{p}/axes", np.array([-1], np.int64)),
             public_constant(f"{p}/limit", np.array(bound * bound, np.float32)),
             public_constant(f"{p}/tiny", np.array(zero_row_guard(bound), np.float32)),
@@ -119,35 +119,16 @@ def bound_on_queries(model: onnx.ModelProto, rewrites: list[dict]) -> onnx.Model
             helper.make_node("Mul", [f"{p}/rsqrt", f"{p}/bound"], [f"{p}/shrink"], name=f"{p}/shrink"),
             helper.make_node("Where", [f"{p}/beyond", f"{p}/shrink", f"{p}/one"], [f"{p}/factor"],
                              name=f"{p}/factor"),
-            helper.make_node("Mul", [queries, f"{p}/factor"], [scaled_queries], name=f"{p}/scale_queries"),
+            helper.make_node("Mul", [queries, f"{p}/factor"], [scaled_queries], name=f"{p}/scale_queries")]),
             new_matmul,
         ]
         by_output[node.output[0]] = [protocols.make_node(q_protocol, node.input, node.output[0], node.name,
                                                          **attrs)]
         if entry is not None:
-            _update_entry(entry, protocol, q_protocol, view.shape(node.input[0]), view.shape(queries),
-                          view.shape(keys))
+            rows, width = int(np.prod(view.shape(queries)[:-1])), int(view.shape(queries)[-1])
+            entry["protocol"], entry["params"] = q_protocol.name, q_protocol.params
+            entry["query_bounds"] = (f"rows bounded on the queries: S = q (Kc Kc^T) q^T and the factor on q, about "
+                                     f"{3 * rows * width} products in place of "
+                                     f"{2 * int(np.prod(view.shape(node.input[0])))} on the scores")
     return with_replacements(model, by_output, added) if by_output else model
 
-
-def _update_entry(entry: dict, protocol, q_protocol, score_shape, query_shape, key_shape) -> None:
-    table = load_table()
-    before, after = protocol.cost(score_shape, axis=-1), q_protocol.cost(score_shape, axis=-1)
-    mul_bytes, mul_rounds = table.primitive("mul")
-    trunc_bytes, trunc_rounds = table.primitive("trunc")
-    cmp_bytes, cmp_rounds = table.primitive("compare")
-    sel_bytes, sel_rounds = table.primitive("select")
-    rsqrt_bytes, rsqrt_rounds = table.native("rsqrt", None)
-    rows = int(np.prod(query_shape[:-1]))
-    width = int(query_shape[-1])
-    heads = int(np.prod(key_shape[:-2]))
-    # the key mean, the [d, d] Gram product, the queries' product with it, their row sums, the factor, the scaling
-    extra_bytes = (trunc_bytes * heads * width + mul_bytes * heads * width * width + 3 * mul_bytes * rows * width
-                   + trunc_bytes * rows + (cmp_bytes + sel_bytes + rsqrt_bytes) * rows)
-    extra_rounds = trunc_rounds + 3 * mul_rounds + trunc_rounds + rsqrt_rounds + sel_rounds + mul_rounds
-    entry["protocol"] = q_protocol.name
-    entry["params"] = q_protocol.params
-    entry["query_bounds"] = (f"rows bounded on the queries: S = q (Kc Kc^T) q^T and the factor on q, about "
-                             f"{3 * rows * width} products in place of {2 * int(np.prod(score_shape))} on the scores")
-    entry["est_bytes_after"] = float(entry["est_bytes_after"] - before.bytes + after.bytes + extra_bytes)
-    entry["est_rounds_after"] = float(entry["est_rounds_after"] - before.rounds + after.rounds + extra_rounds)

@@ -28,6 +28,23 @@ def add_totals(report: dict, baseline_bytes: float = 0.0, baseline_rounds: float
     return report
 
 
+def charge_estimates(rewrites: list[dict], model, estimate: dict) -> None:
+    """Set every rewrite entry's estimated bytes and rounds from the whole-model estimate of the final graph
+    (passes/cost.py: estimate_model): its protocol node's, plus those of the nodes later passes added for it
+    (marked with passes.graph_view.COST_OF). So each entry is priced by the same rules as the whole model, whose
+    estimate is checked against SPU's profile, and no pass counts its additions by hand."""
+    from passes.graph_view import COST_OF
+    owner = {n.name: m.value for n in model.graph.node for m in n.metadata_props if m.key == COST_OF}
+    sums: dict[str, list[float]] = {}
+    for node in estimate["nodes"]:
+        total = sums.setdefault(owner.get(node["name"], node["name"]), [0.0, 0.0])
+        total[0] += node["bytes"]
+        total[1] += node["rounds"]
+    for entry in rewrites:
+        if entry["node"] in sums:
+            entry["est_bytes_after"], entry["est_rounds_after"] = (float(v) for v in sums[entry["node"]])
+
+
 def _mib(value: float) -> str:
     return f"{value / 2**20:.2f}"
 

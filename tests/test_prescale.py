@@ -11,7 +11,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import runtime.protocols as protocols
+from passes.cost import estimate_model
 from passes.prescale import fold_prescales, input_scale, prescaled
+from passes.report import charge_estimates
 from runtime.protocols.base import load_fitted
 from runtime.protocols.families import MONIC_MAX_DEGREE, monic_form
 
@@ -103,8 +105,13 @@ def test_the_input_scale_moves_onto_the_query(scaled_query):
     constant = next(n for n in folded.graph.node if n.op_type == "Constant" and n.output[0] == muls[0].input[1])
     merged = numpy_helper.to_array(constant.attribute[0].t)
     assert float(merged) == pytest.approx((0.5774 if scaled_query else 1.0) * gamma, rel=1e-6)
-    # merged: one truncation per score fewer; a new Mul on q: 36 truncations instead of 72
-    assert entry["est_bytes_after"] < _entry(protocol)["est_bytes_after"]
+    # merged: one truncation per score fewer; a new Mul on q: 36 truncations instead of 72 (counted in the entry)
+    priced, unfolded = dict(entry), _entry(protocol)
+    charge_estimates([priced], folded, estimate_model(folded))
+    charge_estimates([unfolded], model, estimate_model(model))
+    assert priced["est_bytes_after"] < unfolded["est_bytes_after"]
+    if not scaled_query:
+        assert priced["est_bytes_after"] > prescaled(protocol).cost((2, 6, 6), axis=-1).bytes
     assert "folded into scores" in entry["prescale"]
     np.testing.assert_allclose(_run(folded, _inputs())[0], _run(model, _inputs())[0], rtol=1e-5, atol=1e-6)
 
