@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-slow bench clean
+.PHONY: demo test test-slow bench bench-large clean
 
 $(VENV)/bin/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (SPU wheels exist for Python 3.10-3.11); set PYTHON=..."; exit 1; }
@@ -30,6 +30,15 @@ bench: $(VENV)/.installed
 	$(PY) -m tools.cli bench models/cipherdm_mnist_unet.onnx --public timestep --repeats 3 --json out/bench/mnist.json --markdown
 	$(PY) -m tools.cli bench models/unet2d_attn_32.ts17.onnx --inputs models/unet2d_attn_32.ts17.npz --repeats 3 --json out/bench/unet2d_attn_32.json --markdown
 	$(PY) -m tools.cli bench tests/fixtures/unet2d_attn.ts17.onnx --inputs tests/fixtures/unet2d_attn.ts17.npz --repeats 5 --json out/bench/unet2d_attn.json --markdown
+
+# google/ddpm-cifar10-32's UNet2DModel at full size (35.7M parameters, random weights; 143 MB, so exported here
+# rather than shipped): needs the models extra (torch, diffusers) for the export. About 20 minutes.
+BENCH_LARGE := out/bench-models/ddpm_cifar10.ts17
+bench-large: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[models]'
+	$(PY) -m models.export_fixtures --bench ddpm_cifar10
+	mkdir -p out/bench
+	$(PY) -m tools.cli bench $(BENCH_LARGE).onnx --inputs $(BENCH_LARGE).npz --calibration $(BENCH_LARGE).calib.npz --repeats 2 --json out/bench/ddpm_cifar10.json --markdown
 
 clean:
 	rm -rf out build *.egg-info

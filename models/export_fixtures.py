@@ -66,7 +66,12 @@ VALID_PROBE = "valid probe"
 
 # The benchmark's diffusers model (docs/bench.md): not a test fixture (too slow for the default suite), shipped
 # in models/ with its inputs and a manifest entry of its own.
-BENCH = {"kind": "unet2d_attn_32", "variant": "ts17", "out": REPO / "models"}
+# Benchmark models (not test fixtures): the 32x32 one is shipped in models/; the full-size one (143 MB) is
+# exported on demand by `make bench-large` into out/bench-models/.
+BENCH_MODELS = {
+    "unet2d_attn_32": {"variant": "ts17", "out": REPO / "models"},
+    "ddpm_cifar10": {"variant": "ts17", "out": REPO / "out" / "bench-models", "calibration_cases": 8},
+}
 
 # One dynamic-batch variant for the inspect/--input-shape tests: TorchScript exporter, dynamic axis 0.
 DYNAMIC = {"kind": "unet2d_attn", "name": "unet2d_attn_dynamic.ts17", "opset": 17}
@@ -330,17 +335,35 @@ def export_all(out: Path, kinds: list[str], probes: bool = True) -> dict:
     return manifest
 
 
-def export_bench() -> dict:
+def export_bench(kind: str = "unet2d_attn_32") -> dict:
     import torch
 
     torch.set_num_threads(1)
-    kind, variant, out = BENCH["kind"], BENCH["variant"], BENCH["out"]
+    variant, out = BENCH_MODELS[kind]["variant"], BENCH_MODELS[kind]["out"]
+    out.mkdir(parents=True, exist_ok=True)
     entry = export_one(kind, variant, out)
-    entry["generator"] = "python -m models.export_fixtures --bench"
+    entry["generator"] = f"python -m models.export_fixtures --bench {kind}"
+    cases = BENCH_MODELS[kind].get("calibration_cases")
+    if cases:
+        entry["calibration"] = write_noise_calibration(out / f"{entry['name']}.calib.npz", entry, cases)
     (out / f"{entry['name']}.json").write_text(json.dumps(entry, indent=2) + "\n")
     print(f"{entry['name']}: ok, {entry['bytes']:,} bytes, {entry['nodes']} nodes, "
           f"err {entry['max_abs_err_onnxruntime_vs_torch']:.2g}", flush=True)
     return entry
+
+
+def write_noise_calibration(path: Path, entry: dict, cases: int, seed: int = 1000) -> str:
+    """Calibration inputs for a random-weight U-Net: unit Gaussian samples (the forward process's x_t for data in
+    [-1, 1] has a std of at most 1) at timesteps spread over [999, 0]. A sampling trajectory would be the recipe
+    for a trained model (`cipherdm trajectory`), but a random model's trajectory diverges (x_0 in the hundreds)."""
+    rng = np.random.default_rng(seed)
+    shapes = entry["example_shapes"]
+    sample = rng.standard_normal((cases, *shapes["sample"])).astype(np.float32)
+    steps = np.linspace(999, 0, cases).round().astype(np.int64)
+    timestep = np.repeat(steps[:, None], shapes["timestep"][0], axis=1)
+    np.savez_compressed(path, sample=sample, timestep=timestep)
+    return (f"{path.name}: {cases} cases of unit Gaussian samples at timesteps {steps[0]}..{steps[-1]} "
+            f"(seed {seed})")
 
 
 # -------------------------------------------------------------------------------------------------- op report
@@ -489,11 +512,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--op-report", type=Path, metavar="MD", help="write the op coverage report from the "
                         "fixtures in --out (no export unless --export is also given)")
     parser.add_argument("--export", action="store_true", help="with --op-report: export first")
-    parser.add_argument("--bench", action="store_true", help=f"export only the benchmark model "
-                        f"({BENCH['kind']}.{BENCH['variant']}) to {BENCH['out'].relative_to(REPO)}/")
+    parser.add_argument("--bench", nargs="?", const="unet2d_attn_32", choices=list(BENCH_MODELS), metavar="MODEL",
+                        help="export only a benchmark model: " + ", ".join(
+                            f"{k} (to {v['out'].relative_to(REPO)}/)" for k, v in BENCH_MODELS.items())
+                        + "; default unet2d_attn_32")
     args = parser.parse_args(argv)
     if args.bench:
-        export_bench()
+        export_bench(args.bench)
         return 0
     if args.op_report is None or args.export:
         export_all(args.out, args.only or list(MATRIX), probes=not args.no_probes)

@@ -129,6 +129,26 @@ def build_unet2d_attn_32(seed: int = 1, batch: int = 2):
     return _unet2d(seed, batch, "silu", attention=True, size=32, head_dim=8)
 
 
+def build_ddpm_cifar10(seed: int = 0, batch: int = 1):
+    # google/ddpm-cifar10-32's UNet2DModel configuration (35.7M parameters; one attention head of 256 over 16x16
+    # tokens, down and up), with seeded random weights: no hub download. Too big to ship (143 MB): exported on
+    # demand for `make bench-large`.
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DModel(
+        sample_size=32, in_channels=3, out_channels=3, layers_per_block=2, block_out_channels=(128, 256, 256, 256),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), attention_head_dim=None,
+        downsample_padding=0, flip_sin_to_cos=False, freq_shift=1, mid_block_scale_factor=1, norm_eps=1e-6,
+        norm_num_groups=32, act_fn="silu", time_embedding_type="positional",
+    ).eval()
+    rng = _generator(seed)
+    sample = _normal(rng, (batch, 3, 32, 32))
+    timestep = torch.from_numpy(rng.integers(1, 1000, size=(batch,)).astype(np.int64))
+    return _UNetSample(unet), (sample, timestep), ["sample", "timestep"]
+
+
 def build_unet2d_mish(seed: int = 2, batch: int = 1):
     return _unet2d(seed, batch, "mish", attention=True)
 
@@ -191,6 +211,8 @@ MODELS: dict[str, FixtureModel] = {m.kind: m for m in [
                  "sinusoidal timestep (int64)", build_unet2d_attn, 1),
     FixtureModel("unet2d_attn_32", "the unet2d_attn model at 32x32 with attention heads of 8 (benchmark model, "
                  "not a test fixture)", build_unet2d_attn_32, 1),
+    FixtureModel("ddpm_cifar10", "google/ddpm-cifar10-32's UNet2DModel architecture (35.7M parameters) with random "
+                 "weights (benchmark model, exported on demand, not shipped)", build_ddpm_cifar10, 0),
     FixtureModel("unet2d_mish", "UNet2DModel with attention, act_fn mish", build_unet2d_mish, 2),
     FixtureModel("unet2d_gelu", "UNet2DModel with attention, act_fn gelu (erf)", build_unet2d_gelu, 3),
     FixtureModel("unet2d_fourier", "UNet2DModel without attention, Gaussian Fourier time embedding of a float "

@@ -42,3 +42,23 @@ def test_bench_model_rewritten_and_within_the_issue_error(tmp_path):
     got = np.load(tmp_path / "out.npz")["output"]
     assert got.shape == tuple(entry["outputs"][0]["shape"])
     assert np.max(np.abs(got - expected)) <= 1e-2 * np.std(expected)
+
+
+def test_noise_calibration_for_the_large_bench_model_is_what_compile_reads(tmp_path):
+    # `make bench-large` calibrates google/ddpm-cifar10-32's architecture (random weights) on noise at spread
+    # timesteps; the file must be the calibration format compile takes (a leading axis of cases).
+    from compiler.lowering import TensorSpec
+    from models.export_fixtures import write_noise_calibration
+    from passes.calibrate import split_cases
+    entry = {"example_shapes": {"sample": [1, 3, 32, 32], "timestep": [1]}}
+    note = write_noise_calibration(tmp_path / "calib.npz", entry, 8)
+    with np.load(tmp_path / "calib.npz") as data:
+        cases = split_cases(dict(data), [TensorSpec("sample", (1, 3, 32, 32), "float32"),
+                                         TensorSpec("timestep", (1,), "int64")])
+        assert len(cases) == 8
+        assert data["sample"].shape == (8, 1, 3, 32, 32) and data["sample"].dtype == np.float32
+        assert data["timestep"].shape == (8, 1) and data["timestep"].dtype == np.int64
+        assert data["timestep"][0, 0] == 999 and data["timestep"][-1, 0] == 0
+        assert np.all(np.diff(data["timestep"][:, 0]) < 0)
+        assert 0.9 < float(np.std(data["sample"])) < 1.1
+    assert "8 cases" in note
