@@ -138,40 +138,53 @@ def _finite_or_str(v: float):
     return float(v) if math.isfinite(v) else "inf"
 
 
+def _as_tiles(x: np.ndarray) -> tuple[np.ndarray, str]:
+    """Images for a grid -> ([N, H, W] grey or [N, H, W, 3] colour, PIL mode). [N, 3, H, W] is RGB; any other
+    channel count (a latent's 4, say) is drawn as the mean of its channels."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim == 4 and x.shape[1] == 3:
+        return np.moveaxis(x, 1, -1), "RGB"
+    if x.ndim == 4 and x.shape[1] != 1:
+        x = x.mean(axis=1)
+    return _as_images(x), "L"
+
+
 def write_grid(path: str | Path, rows: Sequence[tuple[str, np.ndarray]], captions: Sequence[str] | None = None,
                scale: int = 3, pad: int = 4) -> Path:
     """A PNG with one labelled row per image set, e.g. ``[("MPC", secure), ("plaintext", plain)]``.
 
     Column ``j`` of every row shows image ``j`` of that set, so each MPC sample sits above its plaintext twin;
-    ``captions`` (one per column, e.g. requested label and PSNR) go under the columns.
+    ``captions`` (one per column, e.g. requested label and PSNR) go under the columns. Images are [N, H, W] or
+    [N, C, H, W]: one channel grey, three RGB, others the mean of their channels.
     """
     from PIL import Image, ImageDraw
 
-    sets = [(name, _as_images(images)) for name, images in rows]
+    sets = [(name, *_as_tiles(images)) for name, images in rows]
     if not sets:
         raise ValueError("no image rows to draw")
-    n, h, w = sets[0][1].shape
-    if any(images.shape != (n, h, w) for _, images in sets):
+    n, h, w = sets[0][1].shape[:3]
+    if any(images.shape[:3] != (n, h, w) for _, images, _ in sets):
         raise ValueError("every row must have the same number and size of images")
+    colour = any(mode == "RGB" for _, _, mode in sets)
     cell_w, cell_h = w * scale, h * scale
-    label_w = 8 + 7 * max(len(name) for name, _ in sets)
+    label_w = 8 + 7 * max(len(name) for name, _, _ in sets)
     caption_h = 14 if captions else 0
     width = label_w + n * (cell_w + pad) + pad
     height = len(sets) * (cell_h + pad) + pad + caption_h
-    canvas = Image.new("L", (width, height), 255)
+    canvas = Image.new("RGB" if colour else "L", (width, height), (255, 255, 255) if colour else 255)
+    ink = (0, 0, 0) if colour else 0
     draw = ImageDraw.Draw(canvas)
-    for r, (name, images) in enumerate(sets):
+    for r, (name, images, mode) in enumerate(sets):
         y = pad + r * (cell_h + pad)
-        draw.text((4, y + cell_h // 2 - 5), name, fill=0)
+        draw.text((4, y + cell_h // 2 - 5), name, fill=ink)
         for j in range(n):
-            pixels = np.clip(images[j], 0.0, 1.0)
-            tile = Image.fromarray(np.round(pixels * 255).astype(np.uint8), "L").resize(
-                (cell_w, cell_h), Image.NEAREST)
-            canvas.paste(tile, (label_w + pad + j * (cell_w + pad), y))
+            pixels = np.round(np.clip(images[j], 0.0, 1.0) * 255).astype(np.uint8)
+            tile = Image.fromarray(pixels, mode).resize((cell_w, cell_h), Image.NEAREST)
+            canvas.paste(tile.convert(canvas.mode), (label_w + pad + j * (cell_w + pad), y))
     if captions:
         y = pad + len(sets) * (cell_h + pad)
         for j, caption in enumerate(captions):
-            draw.text((label_w + pad + j * (cell_w + pad), y - 2), str(caption)[: max(1, cell_w // 6)], fill=0)
+            draw.text((label_w + pad + j * (cell_w + pad), y - 2), str(caption)[: max(1, cell_w // 6)], fill=ink)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)

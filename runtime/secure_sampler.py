@@ -839,17 +839,19 @@ def quality(secure: np.ndarray, plain: np.ndarray) -> dict:
     from runtime import quality as Q
 
     a, b = np.asarray(secure, np.float64), np.asarray(plain, np.float64)
-    if a.ndim == 4 and a.shape[1] != 1:  # several channels: average them (the metrics are per grey image)
-        a, b = a.mean(axis=1), b.mean(axis=1)
+    channels = a.shape[1] if a.ndim == 4 else 1
     h, w = a.shape[-2:]
-    if min(h, w) >= 7 and (h, w) == (28, 28):
+    if channels == 1 and (h, w) == (28, 28):
         return Q.compare(a, b)
-    p = Q.psnr(a, b)
+    n = a.shape[0] if a.ndim >= 3 else 1
+    # PSNR over every pixel of every channel; SSIM per channel, averaged (as for colour images usually)
+    p = Q.psnr(a.reshape(n, channels * h, w), b.reshape(n, channels * h, w))
     out = {"psnr_db": [Q._finite_or_str(v) for v in p], "mean_psnr_db": Q._finite_or_str(float(np.mean(p))),
            "min_psnr_db": Q._finite_or_str(float(np.min(p))), "agreement": None,
-           "agreement_note": f"the digit classifier takes 28x28 images, these are {h}x{w}"}
+           "agreement_note": f"the digit classifier takes 28x28 single-channel images, these are "
+                             f"{channels}x{h}x{w}"}
     if min(h, w) >= 7:
-        s = Q.ssim(a, b)
+        s = Q.ssim(a.reshape(n * channels, h, w), b.reshape(n * channels, h, w)).reshape(n, channels).mean(axis=1)
         out.update(ssim=[float(v) for v in s], mean_ssim=float(np.mean(s)))
     else:
         out.update(ssim=None, mean_ssim=None, ssim_note=f"{h}x{w} images are smaller than SSIM's 7x7 window")

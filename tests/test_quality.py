@@ -124,6 +124,40 @@ def test_grid_puts_each_sample_above_its_twin(tmp_path):
         Q.write_grid(tmp_path / "bad.png", [("a", top), ("b", bottom[:4])])
 
 
+def test_grid_draws_three_channels_in_colour_and_others_as_their_mean(tmp_path):
+    from PIL import Image
+
+    colours = np.zeros((2, 3, 8, 8))
+    colours[0, 0] = 1.0                        # red
+    colours[1, 2] = 1.0                        # blue
+    latents = np.full((2, 4, 8, 8), 0.5)
+    latents[:, 0] = 0.1                        # channel mean 0.4
+    path = Q.write_grid(tmp_path / "rgb.png", [("MPC", colours), ("z", latents)], scale=2, pad=4)
+    img = np.asarray(Image.open(path))
+    assert img.ndim == 3 and img.shape[2] == 3
+    label_w = 8 + 7 * 3
+    x0, x1, y0, y1 = label_w + 4 + 1, label_w + 4 + (16 + 4) + 1, 4 + 1, 4 + 16 + 4 + 1
+    assert tuple(img[y0, x0]) == (255, 0, 0) and tuple(img[y0, x1]) == (0, 0, 255)
+    assert tuple(img[y1, x0]) == (102, 102, 102)   # round(0.4 * 255), grey
+    grey = np.asarray(Image.open(Q.write_grid(tmp_path / "grey.png", [("a", latents)])))
+    assert grey.ndim == 2
+
+
+def test_sampler_quality_of_colour_images_counts_every_channel():
+    from runtime.secure_sampler import quality
+
+    rng = np.random.default_rng(2)
+    a = rng.random((2, 3, 16, 16))
+    b = a.copy()
+    b[:, 1] = np.clip(b[:, 1] + 0.1, 0, 1)     # one channel off
+    q = quality(a, b)
+    mse = ((a - b) ** 2).reshape(2, -1).mean(axis=1)
+    np.testing.assert_allclose(q["psnr_db"], 10 * np.log10(1.0 / mse), rtol=1e-9)
+    per_channel = Q.ssim(a.reshape(6, 16, 16), b.reshape(6, 16, 16)).reshape(2, 3).mean(axis=1)
+    np.testing.assert_allclose(q["ssim"], per_channel, rtol=1e-12)
+    assert q["agreement"] is None and "3x16x16" in q["agreement_note"]
+
+
 # ---- the shipped diffusion model ------------------------------------------------------------------------------
 
 def _session():

@@ -199,6 +199,28 @@ def test_sample_cli_sim_writes_grid_and_metrics(tiny, tmp_path):
     assert "before the MPC rewrites" in m["plaintext_twin"]
 
 
+def test_sample_cli_on_a_colour_unet_writes_an_rgb_grid(tmp_path):
+    # diffusers' UNet2DModel fixture: three channels, no class labels; the grid is drawn in colour and the metrics
+    # count every channel (a grey-only grid writer once failed here after the whole sampling run)
+    from pathlib import Path
+
+    from PIL import Image
+
+    fixture = Path(__file__).resolve().parent / "fixtures" / "unet2d_attn.ts17.onnx"
+    program = tmp_path / "rgb.cdm"
+    assert cli(["compile", str(fixture), "-o", str(program), "--public", "timestep", "--direct"]) == 0
+    grid, metrics, samples = tmp_path / "grid.png", tmp_path / "m.json", tmp_path / "x0.npz"
+    assert cli(["sample", str(program), "--weights", str(tmp_path / "rgb.weights.npz"), "--mode", "plaintext",
+                "--steps", "2", "--label", "none", "-o", str(grid), "--metrics", str(metrics),
+                "--save-samples", str(samples)]) == 0
+    img = np.asarray(Image.open(grid))
+    assert img.ndim == 3 and img.shape[2] == 3 and img.shape[0] >= 2 * 8 * 3
+    m = json.loads(metrics.read_text())
+    assert len(m["quality"]["psnr_db"]) == 2 and "3x8x8" in m["quality"]["agreement_note"]
+    with np.load(samples) as data:
+        assert data["x0"].shape == (2, 3, 8, 8)
+
+
 def test_sample_cli_local_three_processes(tiny, tmp_path):
     """Three real party processes: the same images as the simulation, and the share log shows that only the
     user ever receives peers' shares of x_t, once, after the last step."""

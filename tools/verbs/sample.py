@@ -180,8 +180,6 @@ def _sample(args) -> int:
     quality = ss.quality(secure_u, plain_u)
     captions = [f"{lab if lab is not None else ''} {p if isinstance(p, str) else f'{p:.0f}'}dB".strip()
                 for lab, p in zip(labels or [None] * settings.batch, quality["psnr_db"])]
-    row = {"local": "MPC", "sim": "MPC (sim)", "plaintext": "program"}[args.mode]
-    write_grid(args.output, [(row, secure_u), ("plaintext", plain_u)], captions)
 
     per_step = [_record_json(r) for r in records]
     totals = {
@@ -226,6 +224,9 @@ def _sample(args) -> int:
         from compiler.artifact import save_npz
         save_npz(args.save_samples, {"x0": image, "x0_plaintext": plain,
                                      "labels": np.asarray(labels if labels is not None else [], np.int64)})
+    # the picture last: the samples and the metrics are the run's results, kept whatever happens to it
+    row = {"local": "MPC", "sim": "MPC (sim)", "plaintext": "program"}[args.mode]
+    write_grid(args.output, [(row, secure_u), ("plaintext", plain_u)], captions)
     print(render_summary(metrics))
     return 0
 
