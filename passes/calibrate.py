@@ -7,7 +7,8 @@ independent of cipherdm's own lowering.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -24,6 +25,10 @@ class TensorStats:
     low: float
     high: float
     cases: list[np.ndarray]  # up to MAX_KEPT_CASES full tensors, for error measurement on real data
+    # per summary (passes/choose.py: summaries_for), one small array per case, of every case: what the choice
+    # bounds (a norm's group variances, a softmax's row statistics) must hold on the whole set, and along a
+    # trajectory its extremes fall between the kept cases
+    summaries: dict[str, list[np.ndarray]] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {"low": self.low, "high": self.high, "cases": len(self.cases)}
@@ -71,8 +76,10 @@ def probe_session(model: onnx.ModelProto, names) -> tuple[ort.InferenceSession, 
     return session, [o.name for o in session.get_outputs()]
 
 
-def calibrate(model: onnx.ModelProto, watched: list[str], cases: list[dict[str, np.ndarray]]) -> dict[str, TensorStats]:
-    """Range and sample values of every ``watched`` tensor over all ``cases``."""
+def calibrate(model: onnx.ModelProto, watched: list[str], cases: list[dict[str, np.ndarray]],
+              summaries: dict[str, dict[str, Callable]] | None = None) -> dict[str, TensorStats]:
+    """Range and sample values of every ``watched`` tensor over all ``cases``; ``summaries[name][key](value)``
+    is kept for every case."""
     session, out_names = probe_session(model, watched)
     stats: dict[str, TensorStats] = {}
     # Keep cases spread over the whole set (a trajectory's early and late steps see different ranges).
@@ -89,4 +96,6 @@ def calibrate(model: onnx.ModelProto, watched: list[str], cases: list[dict[str, 
                 entry.high = max(entry.high, float(value.max()))
                 if index in kept:
                     entry.cases.append(value)
+            for key, summary in (summaries or {}).get(name, {}).items():
+                stats[name].summaries.setdefault(key, []).append(np.asarray(summary(value)))
     return stats

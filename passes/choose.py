@@ -47,12 +47,36 @@ def _variances(op: str, x: np.ndarray, attrs: dict) -> np.ndarray:
     return x.reshape(*x.shape[:axis], -1).var(axis=-1)
 
 
+def _summary_key(op: str, attrs: dict) -> str:
+    return f"{op}:" + ",".join(f"{k}={attrs[k]}" for k in ("num_groups", "axis") if k in attrs)
+
+
+def summaries_for(op: str, attrs: dict) -> dict:
+    """What the choice reads of every calibration case, not only of the few kept whole (passes/calibrate.py):
+    the variances a norm divides by and a softmax's row statistics. Along a sampling trajectory their extremes
+    come between the kept cases (on the trained MNIST U-Net a GroupNorm's group variances dipped to 0.71 at
+    steps no kept case saw, below a range of 0.84-1.66, and its rsqrt, fitted to that range, erred by 0.5)."""
+    if op in NORMS:
+        return {_summary_key(op, attrs): lambda x: _variances(op, x, attrs).reshape(-1)}
+    if op == "softmax":
+        axis = attrs.get("axis", -1)
+        return {_summary_key(op, attrs): lambda x: op_module(op).row_summary(x, axis)}
+    return {}
+
+
+def _summaries(op: str, stats: TensorStats, attrs: dict) -> list[np.ndarray] | None:
+    return stats.summaries.get(_summary_key(op, attrs))
+
+
 def interval_for(op: str, stats: TensorStats | None, attrs: dict | None = None) -> tuple[float, float]:
     """The input range a protocol must handle; for the norms, the range of the variances they normalise by."""
     if stats is None:
         return CONSERVATIVE_INTERVALS[op]
     if op in NORMS:
-        variances = np.concatenate([_variances(op, case, attrs or {}).reshape(-1) for case in stats.cases])
+        attrs = attrs or {}
+        every_case = _summaries(op, stats, attrs)
+        variances = np.concatenate(every_case if every_case is not None else
+                                   [_variances(op, case, attrs).reshape(-1) for case in stats.cases])
         return (float(variances.min()) / (1 + MARGIN), float(variances.max()) * (1 + MARGIN))
     low, high = stats.low, stats.high
     if op == "softmax":
@@ -70,7 +94,8 @@ def op_kwargs(op: str, attrs: dict) -> dict:
 
 
 def _synthetic_norm_input(op: str, shape: tuple, attrs: dict, interval) -> np.ndarray:
-    """Without calibration: a tensor of the node's shape whose variances span the conservative range."""
+    """A tensor of the node's shape whose groups' variances span ``interval`` (geometrically, ends included):
+    without calibration the conservative range, with it the calibrated one."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape)
     if op == "group_norm":
@@ -78,6 +103,8 @@ def _synthetic_norm_input(op: str, shape: tuple, attrs: dict, interval) -> np.nd
     else:
         axis = attrs.get("axis", -1) % len(shape)
         groups = x.reshape(*shape[:axis], -1).reshape(-1, 1, int(np.prod(shape[axis:])))
+    if groups.shape[-1] > 1:   # exactly unit variance, so that each group's variance is the one asked for
+        groups = (groups - groups.mean(axis=-1, keepdims=True)) / groups.std(axis=-1, keepdims=True)
     scales = np.sqrt(np.geomspace(interval[0], interval[1], groups.shape[0] * groups.shape[1]))
     groups = groups * scales.reshape(groups.shape[0], groups.shape[1], 1)
     return groups.reshape(shape)
@@ -88,7 +115,8 @@ def _sample_inputs(op: str, shape: tuple, attrs: dict, stats: TensorStats | None
     """Input tuples to measure the error on: the calibrated tensors, and a dense grid for elementwise ops."""
     sets = []
     if op in NORMS:
-        cases = stats.cases if stats is not None else [_synthetic_norm_input(op, shape, attrs, interval)]
+        # the kept cases, and groups whose variances span the whole calibrated range (ends included)
+        cases = (stats.cases if stats is not None else []) + [_synthetic_norm_input(op, shape, attrs, interval)]
         return [(case, *extra_inputs) for case in cases]
     if op == "softmax":
         if stats is None:
@@ -157,7 +185,8 @@ def choose(op: str, shape: tuple, attrs: dict, stats: TensorStats | None, budget
         if candidate.family == "softmax_shift":
             if stats is None:
                 continue  # its shift U is a bound on the rows' max - mean: without calibration there is none
-            candidate = op_module(op).specialize(candidate, stats.cases, attrs.get("axis", -1))
+            candidate = op_module(op).specialize(candidate, stats.cases, attrs.get("axis", -1),
+                                                 _summaries(op, stats, attrs))
             if candidate is None:
                 continue  # the rows' max - mean is too large for a shift without the max
         forms = [candidate]

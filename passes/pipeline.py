@@ -15,7 +15,7 @@ from onnx import version_converter
 import runtime.protocols as protocols
 from passes.calibrate import TensorStats, calibrate
 from passes.canonicalize import canonicalize
-from passes.choose import QUERY_BOUND, choose, error_curve
+from passes.choose import QUERY_BOUND, choose, error_curve, summaries_for
 from passes.cost import estimate_model
 from passes.expand_attention import EXPANDED_FROM, expand_attention
 from passes.fuse_attention import fuse_attention
@@ -58,7 +58,10 @@ def rewrite(model: onnx.ModelProto, *, public_inputs=frozenset(), calibration: l
     expanded_from = {n.name: m.value for n in model.graph.node for m in n.metadata_props if m.key == EXPANDED_FROM}
     canon = canonicalize(model, set(public_inputs))
     watched = [c.node.input[0] for c in canon.canonical]
-    stats: dict[str, TensorStats] = calibrate(model, watched, calibration) if calibration else {}
+    summaries: dict[str, dict] = {}
+    for c in canon.canonical:
+        summaries.setdefault(c.node.input[0], {}).update(summaries_for(c.pattern, c.attrs))
+    stats: dict[str, TensorStats] = calibrate(model, watched, calibration, summaries) if calibration else {}
     budgets = {c.node.output[0]: budget for c in canon.canonical}   # per node, by output name
     attempts: list[model_check.Attempt] = []
     checking = bool(calibration) and bool(model_error) and bool(budgets)

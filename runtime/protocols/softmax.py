@@ -168,16 +168,31 @@ def square_limit(fraction_bits: int | None = None) -> float:
     return 2.0 ** (30 - int(fraction_bits or MAX_BITS))
 
 
-def calibrated_upper(cases, axis: int) -> float:
+# the columns of row_summary
+EXCESS, SPREAD, NORM2, NORM4 = range(4)
+
+
+def row_summary(x, axis: int) -> np.ndarray:
+    """Per row along ``axis``: max - mean, max - min, and the 2- and 4-norm of x - mean ([rows, 4]): all that
+    specialize reads of a node's calibrated rows, small enough to keep for every calibration case."""
+    x = np.asarray(x, np.float64)
+    mean = np.mean(x, axis=axis, keepdims=True)
+    centred = x - mean
+    columns = [np.max(x, axis=axis, keepdims=True) - mean, np.max(x, axis=axis, keepdims=True)
+               - np.min(x, axis=axis, keepdims=True), row_norms(centred, axis, 2), row_norms(centred, axis, 4)]
+    return np.stack([c.reshape(-1) for c in columns], axis=1)
+
+
+def _rows(cases, axis: int, rows) -> np.ndarray:
+    return np.concatenate(rows if rows is not None else [row_summary(x, axis) for x in cases])
+
+
+def calibrated_upper(cases, axis: int, rows=None) -> float:
     """The bound U a shift variant needs on these rows: max(max - mean) over every row, plus the chooser's margin
-    (MARGIN of the row spread), rounded up to UPPER_STEP."""
+    (MARGIN of the row spread), rounded up to UPPER_STEP. ``rows``: the cases' row summaries, when kept instead."""
     from passes.choose import MARGIN
-    worst = 0.0
-    for x in cases:
-        x = np.asarray(x, np.float64)
-        excess = np.max(x, axis=axis) - np.mean(x, axis=axis)
-        spread = np.max(x, axis=axis) - np.min(x, axis=axis)
-        worst = max(worst, float(np.max(excess + MARGIN * spread)))
+    summary = _rows(cases, axis, rows)
+    worst = max(0.0, float(np.max(summary[:, EXCESS] + MARGIN * summary[:, SPREAD])))
     return max(UPPER_STEP, math.ceil(worst / UPPER_STEP) * UPPER_STEP)
 
 
@@ -187,23 +202,25 @@ def max_upper(protocol) -> float:
     return min(-float(protocol.params["exp"]["lower"]) - 2.0, MAX_UPPER)
 
 
-def specialize(protocol, cases, axis: int):
+def specialize(protocol, cases, axis: int, rows=None):
     """A shift variant with U set from the node's calibrated rows (the coefficients do not depend on U; the name
-    keeps the variant's, so its SPU measurements still apply); None when the rows need a U beyond max_upper."""
-    if protocol.family != "softmax_shift" or not cases:
+    keeps the variant's, so its SPU measurements still apply); None when the rows need a U beyond max_upper.
+    ``rows``: the row summaries of every calibration case (``row_summary``), else those of ``cases``."""
+    if protocol.family != "softmax_shift" or not (cases or rows):
         return protocol
-    upper = calibrated_upper(cases, axis)
+    upper = calibrated_upper(cases, axis, rows)
     if upper > max_upper(protocol):
         return None
     base = protocol.name.split("@")[0]
     params = {**protocol.params, "upper": upper}
     if params.get("clip") == "bound":
         params["bound"] = bound_for(params["exp"], upper, float(params["headroom"]))
-        if calibrated_row_norm(cases, axis, int(params.get("norm", 2))) * (1 + MARGIN_OF_ROWS) > params["bound"]:
+        norm = int(params.get("norm", 2))
+        if calibrated_row_norm(cases, axis, norm, rows) * (1 + MARGIN_OF_ROWS) > params["bound"]:
             return None   # the calibrated rows would be scaled down: a temperature change, not an approximation
-        if params.get("norm") == 4:
+        if norm == 4:
             params["square_limit"] = square_limit(fxp_scale.traced_bits())
-            if (calibrated_row_norm(cases, axis) * (1 + MARGIN_OF_ROWS)) ** 2 > params["square_limit"]:
+            if (calibrated_row_norm(cases, axis, 2, rows) * (1 + MARGIN_OF_ROWS)) ** 2 > params["square_limit"]:
                 return None   # fourth powers too close to the ring's limit at these fraction bits
     return dataclasses.replace(protocol, name=f"{base}@u{upper:g}", params=params)
 
@@ -213,13 +230,9 @@ def row_norms(centered, axis: int, norm: int = 2):
     return np.sum(np.abs(centered) ** norm, axis=axis, keepdims=True) ** (1.0 / norm)
 
 
-def calibrated_row_norm(cases, axis: int, norm: int = 2) -> float:
-    """The largest p-norm (p = ``norm``) of x - mean over the calibrated rows: what bounded rows compare with B."""
-    worst = 0.0
-    for x in cases:
-        x = np.asarray(x, np.float64)
-        worst = max(worst, float(np.max(row_norms(x - np.mean(x, axis=axis, keepdims=True), axis, norm))))
-    return worst
+def calibrated_row_norm(cases, axis: int, norm: int = 2, rows=None) -> float:
+    """The largest p-norm (p = 2 or 4) of x - mean over the calibrated rows: what bounded rows compare with B."""
+    return max(0.0, float(np.max(_rows(cases, axis, rows)[:, {2: NORM2, 4: NORM4}[norm]])))
 
 
 def direct_expression(bk, protocol, inputs, axis=-1, **kw):
