@@ -186,7 +186,7 @@ def guidance_layout(signature: UNetSignature, settings: SamplingSettings) -> str
     model_batch = signature.batch
     if settings.guidance is not None and signature.condition is None:
         raise SamplerError("--guidance needs a conditional model (inputs sample, timestep, condition); this "
-                           f"program has no condition input")
+                           "program has no condition input")
     if settings.guidance is None:
         if settings.batch != model_batch:
             raise SamplerError(f"--batch {settings.batch} differs from the program's batch {model_batch} (the "
@@ -262,8 +262,52 @@ def parse_labels(text: str | None, batch: int, num_classes: int | None) -> list[
     return values
 
 
+def read_condition(path, batch: int, signature: UNetSignature) -> np.ndarray:
+    """``--condition``: the user's own condition for a model conditioned on an embedding (a prompt's text
+    embedding, say): a ``.npy`` array, or a ``.npz`` with one array or one named after the condition input; shaped
+    [batch, ...] like the input, or without the batch axis (the same for every image). Names every problem."""
+    from pathlib import Path
+
+    cond = signature.condition
+    if cond is None:
+        raise SamplerError(f"--condition {path}: the program has no condition input")
+    if signature.num_classes is not None:
+        raise SamplerError(f"--condition {path}: the program's condition '{cond.name}' is one-hot class labels "
+                           f"[B, {signature.num_classes}]: give them with --label")
+    path = Path(path)
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as data:
+                keys = list(data.files)
+                if cond.name in keys:
+                    value = data[cond.name]
+                elif len(keys) == 1:
+                    value = data[keys[0]]
+                else:
+                    raise SamplerError(f"--condition {path}: holds {', '.join(keys) or 'nothing'}; give one array or "
+                                       f"one named '{cond.name}'")
+        else:
+            value = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise SamplerError(f"--condition {path}: cannot read it as .npy or .npz ({exc})") from None
+    want = (batch,) + tuple(cond.shape[1:])
+    value = np.asarray(value)
+    problems = []
+    if value.shape == want[1:]:
+        value = np.broadcast_to(value, want)
+    elif value.shape != want:
+        problems.append(f"shape {list(value.shape)}, expected {list(want)} (or {list(want[1:])} for every image)")
+    if value.dtype.kind not in "fiu":
+        problems.append(f"dtype {value.dtype}, expected a float array")
+    elif not np.all(np.isfinite(value)):
+        problems.append("values that are not finite (NaN or inf)")
+    if problems:
+        raise SamplerError(f"bad --condition {path} for '{cond.name}'", problems)
+    return np.ascontiguousarray(value, dtype=np.float32)
+
+
 def user_data(signature: UNetSignature, settings: SamplingSettings, plan, seed: int,
-              labels: list[int] | None) -> UserData:
+              labels: list[int] | None, condition: np.ndarray | None = None) -> UserData:
     from runtime.sampler import draw_randomness, null_labels, one_hot
 
     shape = (settings.batch,) + tuple(signature.sample.shape[1:])
@@ -273,7 +317,9 @@ def user_data(signature: UNetSignature, settings: SamplingSettings, plan, seed: 
         if signature.num_classes is not None:
             cond = one_hot(labels, signature.num_classes) if labels is not None else \
                 null_labels(settings.batch, signature.num_classes)
-        else:  # an embedding: the null condition (zeros) unless a caller fills it
+        elif condition is not None:   # the user's embedding (read_condition)
+            cond = condition
+        else:  # an embedding not given: the null condition (zeros)
             cond = np.zeros((settings.batch,) + tuple(signature.condition.shape[1:]), np.float32)
     return UserData(rand.x_T, rand.noise, cond, labels)
 
@@ -700,7 +746,8 @@ def run_step_plaintext(artifact, signature: UNetSignature, settings: SamplingSet
 
 def run_sampler_party(rank: int, parties, artifact_path, settings: SamplingSettings, *, step_path=None,
                       weights_path=None, seed: int | None = None, labels_text: str | None = None,
-                      output_path=None, progress_path=None, log_path=None, on_peer_failure=None) -> dict:
+                      condition_path=None, output_path=None, progress_path=None, log_path=None,
+                      on_peer_failure=None) -> dict:
     """Load what this party may see, agree on program + step program + settings, sample, reveal x_0 to the user.
 
     Returns this party's metrics (per-execution run time and SPU link stats, sharing traffic, what was revealed).
@@ -721,9 +768,9 @@ def run_sampler_party(rank: int, parties, artifact_path, settings: SamplingSetti
                         "not be given the weights")
     if is_user and (seed is None or not output_path):
         problems.append(f"party {rank} is the user and needs --seed and -o/--output")
-    if not is_user and (seed is not None or labels_text is not None or output_path):
+    if not is_user and (seed is not None or labels_text is not None or condition_path or output_path):
         problems.append(f"party {rank} is not the user (party {parties.roles[USER]} is): it must not be given "
-                        "the seed, the label or an output path")
+                        "the seed, the label, the condition or an output path")
     if problems:
         raise SamplerError(f"party {rank} is not set up for its roles", problems)
     artifact = read_artifact(artifact_path)
@@ -732,8 +779,9 @@ def run_sampler_party(rank: int, parties, artifact_path, settings: SamplingSetti
     weights = read_weights(weights_path, artifact) if is_owner else None
     user = None
     if is_user:
+        condition = read_condition(condition_path, settings.batch, signature) if condition_path else None
         user = user_data(signature, settings, plan, seed, parse_labels(labels_text, settings.batch,
-                                                                        signature.num_classes))
+                                                                        signature.num_classes), condition)
     t = time.perf_counter()
     if step_path:
         program = StepProgram.load(step_path)
@@ -867,7 +915,8 @@ class LocalSampling:
 
 
 def sample_local(artifact_path, weights_path, settings: SamplingSettings, program: StepProgram, *, seed: int,
-                 labels_text: str | None = None, work_dir=None, progress: "Progress | None" = None,
+                 labels_text: str | None = None, condition_path=None, work_dir=None,
+                 progress: "Progress | None" = None,
                  recv_timeout_s: float = 900.0) -> LocalSampling:
     """Three party processes on 127.0.0.1 (runtime.local supervises them: a failing party stops the others
     with an error naming it); the step program is built here once and handed to them as a file; the user
@@ -912,6 +961,8 @@ def sample_local(artifact_path, weights_path, settings: SamplingSettings, progra
             cmd += ["--seed", str(seed), "-o", str(out_path)]
             if labels_text is not None:
                 cmd += ["--label", labels_text]
+            if condition_path:
+                cmd += ["--condition", str(Path(condition_path).resolve())]
         return cmd
 
     def poll():

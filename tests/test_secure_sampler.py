@@ -221,6 +221,57 @@ def test_sample_cli_on_a_colour_unet_writes_an_rgb_grid(tmp_path):
         assert data["x0"].shape == (2, 3, 8, 8)
 
 
+@pytest.fixture(scope="module")
+def text_conditioned(tmp_path_factory):
+    """diffusers' UNet2DConditionModel fixture (encoder_hidden_states [2, 4, 16]) compiled as it is."""
+    from pathlib import Path
+    folder = tmp_path_factory.mktemp("cond-unet")
+    fixture = Path(__file__).resolve().parent / "fixtures" / "unet2d_cond.ts17.onnx"
+    program = folder / "cond.cdm"
+    assert cli(["compile", str(fixture), "-o", str(program), "--public", "timestep", "--direct"]) == 0
+    return folder, program, folder / "cond.weights.npz"
+
+
+def _sample_x0(program, weights, folder, name, mode, *extra):
+    out = folder / f"{name}.npz"
+    assert cli(["sample", str(program), "--weights", str(weights), "--mode", mode, "--steps", "2",
+                "--train-timesteps", str(T_SHORT), "-o", str(folder / f"{name}.png"), "--save-samples", str(out),
+                *extra]) == 0
+    with np.load(out) as data:
+        return data["x0"], data["x0_plaintext"]
+
+
+def test_the_users_text_embedding_conditions_the_samples(text_conditioned):
+    folder, program, weights = text_conditioned
+    rng = np.random.default_rng(11)
+    one = rng.standard_normal((4, 16)).astype(np.float32)           # the same prompt for both images
+    np.save(folder / "one.npy", one)
+    np.savez(folder / "both.npz", encoder_hidden_states=np.stack([one, one]))
+    x_one, twin_one = _sample_x0(program, weights, folder, "one", "plaintext", "--condition", str(folder / "one.npy"))
+    x_both, _ = _sample_x0(program, weights, folder, "both", "plaintext", "--condition", str(folder / "both.npz"))
+    x_none, _ = _sample_x0(program, weights, folder, "none", "plaintext")
+    np.testing.assert_allclose(x_one, x_both, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(x_one, twin_one, rtol=0, atol=1e-4)   # the twin got the same embedding
+    assert np.max(np.abs(x_one - x_none)) > 1e-2                      # and it is not the null condition
+    # under MPC: the embedding is secret-shared like the noise and gives the same samples
+    x_sim, twin_sim = _sample_x0(program, weights, folder, "sim", "sim", "--condition", str(folder / "one.npy"))
+    np.testing.assert_allclose(twin_sim, twin_one, rtol=0, atol=1e-6)
+    assert np.max(np.abs(x_sim - twin_sim)) < 0.05 * max(1.0, float(np.max(np.abs(twin_sim))))
+
+
+def test_a_bad_condition_is_named_with_what_was_expected(text_conditioned, tiny, tmp_path, capsys):
+    folder, program, weights = text_conditioned
+    np.save(tmp_path / "bad.npy", np.zeros((3, 4, 15), np.float32))
+    assert cli(["sample", str(program), "--weights", str(weights), "--mode", "plaintext", "--steps", "2",
+                "-o", str(tmp_path / "g.png"), "--condition", str(tmp_path / "bad.npy")]) != 0
+    err = capsys.readouterr().err
+    assert "shape [3, 4, 15], expected [2, 4, 16] (or [4, 16] for every image)" in err
+    labelled, labelled_weights = tiny[1]["direct"]
+    assert cli(["sample", str(labelled), "--weights", str(labelled_weights), "--mode", "plaintext", "--steps", "2",
+                "-o", str(tmp_path / "g.png"), "--condition", str(tmp_path / "bad.npy")]) != 0
+    assert "give them with --label" in capsys.readouterr().err
+
+
 def test_sample_cli_local_three_processes(tiny, tmp_path):
     """Three real party processes: the same images as the simulation, and the share log shows that only the
     user ever receives peers' shares of x_t, once, after the last step."""
