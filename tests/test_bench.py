@@ -88,3 +88,26 @@ def test_bench_tiny_model(tmp_path, capsys):
                       configs["direct"]["total_bytes"] / configs["cipherdm"]["total_bytes"])
     assert {t["name"] for t in result["targets"]} == {"bytes vs direct defaults", "time vs direct defaults",
                                                        "bytes vs best knobs", "error of one evaluation"}
+
+
+def test_case_of_a_trajectory_file(tmp_path, capsys):
+    from tools.benchmark import BenchError, select_case
+    traj = {"sample": np.arange(3 * 2 * 4, dtype=np.float32).reshape(3, 2, 4), "timestep": np.array([[9], [5], [0]])}
+    picked = select_case(traj, 1, "traj.npz")
+    np.testing.assert_array_equal(picked["sample"], traj["sample"][1])
+    assert picked["timestep"].tolist() == [5]
+    for bad, why in (({**traj, "timestep": np.array([[9], [5]])}, "different numbers of cases"),
+                     ({**traj, "scalar": np.float32(1.0)}, "'scalar' has no axis of cases")):
+        try:
+            select_case(bad, 1, "traj.npz")
+        except BenchError as exc:
+            assert why in str(exc)
+        else:
+            raise AssertionError("no error")
+    np.savez(tmp_path / "traj.npz", **traj)
+    model, _ = secure_models.convnet(np.random.default_rng(1))
+    onnx.save(model, tmp_path / "m.onnx")
+    assert cli(["bench", str(tmp_path / "m.onnx"), "--inputs", str(tmp_path / "traj.npz"), "--case", "3"]) != 0
+    assert "case 3 is out of range: the file holds 3 (0..2)" in capsys.readouterr().err
+    assert cli(["bench", str(tmp_path / "m.onnx"), "--case", "0"]) != 0
+    assert "--case picks a case of --inputs, which is missing" in capsys.readouterr().err

@@ -134,6 +134,20 @@ def make_inputs(specs, public: list[str], seed: int = 0) -> dict[str, np.ndarray
     return out
 
 
+def select_case(arrays: dict[str, np.ndarray], case: int, source: str) -> dict[str, np.ndarray]:
+    """Case ``case`` of inputs stored with a leading axis of cases (``cipherdm trajectory``'s format)."""
+    counts = {k: (np.asarray(v).shape[0] if np.ndim(v) else 0) for k, v in arrays.items()}
+    problems = [f"'{k}' has no axis of cases (shape {list(np.shape(arrays[k]))})" for k, n in counts.items() if not n]
+    if len(set(n for n in counts.values() if n)) > 1:
+        problems.append("the arrays hold different numbers of cases: "
+                        + ", ".join(f"{k} {n}" for k, n in counts.items()))
+    elif counts and not problems and not 0 <= case < min(counts.values()):
+        problems.append(f"case {case} is out of range: the file holds {min(counts.values())} (0..{min(counts.values()) - 1})")
+    if problems:
+        raise BenchError(f"--case {case} of {source}", problems)
+    return {k: np.asarray(v)[case] for k, v in arrays.items()}
+
+
 def check_inputs(arrays: dict[str, np.ndarray], specs, source: str) -> dict[str, np.ndarray]:
     """The model's inputs from ``arrays`` (extra keys, such as a fixture's expected outputs, are ignored)."""
     problems, checked = [], {}
@@ -557,7 +571,7 @@ def render_text(result: dict, markdown: bool = False) -> str:
         widths = [max(len(x) for x in col) for col in zip(header, *rows)]
         return ["  ".join(x.ljust(w) for x, w in zip(row, widths)).rstrip() for row in [header] + rows]
 
-    cfg, rat = result["configs"], result["ratios"]
+    cfg = result["configs"]
     out = [f"model {result['model']}, mode {result['mode']}, inputs: {result['inputs']['source']}; calibration: "
            f"{result['calibration']['source']} ({result['calibration']['cases']} case(s)); budget "
            f"{result['budget']:g}, whole-model bound {result.get('model_error', 0):g} x output std",

@@ -14,6 +14,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--inputs", metavar="IN.npz",
                         help="inputs keyed by ONNX input name (default: deterministic random inputs, public "
                              "inputs = 500)")
+    parser.add_argument("--case", type=int, metavar="K",
+                        help="with --inputs holding a leading axis of cases (a `cipherdm trajectory` file): "
+                             "benchmark case K")
     parser.add_argument("--public", action="append", default=None, metavar="NAME",
                         help="an input every party knows (repeat; default: inputs named timestep/timesteps/t)")
     parser.add_argument("--calibration", metavar="CALIB.npz",
@@ -38,7 +41,7 @@ def run(args) -> int:
     from compiler.artifact import load_npz
     from compiler.errors import CipherdmError
     from compiler.loader import parse_input_shapes
-    from tools.benchmark import render_text, run_benchmark, write_json
+    from tools.benchmark import render_text, run_benchmark, select_case, write_json
 
     from pathlib import Path
 
@@ -60,8 +63,15 @@ def run(args) -> int:
                 continue
             if what == "inputs":
                 inputs = data
+                if args.case is not None:
+                    try:
+                        inputs = select_case(data, args.case, path)
+                    except CipherdmError as exc:
+                        problems.append(str(exc))
             else:
                 calibration = data
+    if args.case is not None and not args.inputs:
+        problems.append("--case picks a case of --inputs, which is missing")
     if problems:
         raise CipherdmError("cannot run the benchmark", problems)
 
@@ -69,7 +79,8 @@ def run(args) -> int:
         if not args.quiet:
             print(f"[bench] {line}", file=sys.stderr, flush=True)
 
-    result = run_benchmark(args.model, inputs=inputs, inputs_source=args.inputs, public=args.public,
+    source = args.inputs if args.case is None else f"{args.inputs} (case {args.case})"
+    result = run_benchmark(args.model, inputs=inputs, inputs_source=source, public=args.public,
                            calibration=calibration, calibration_source=args.calibration, budget=args.error_budget,
                            model_error=args.model_error, mode=args.mode, repeats=args.repeats, top=args.top,
                            input_shapes=parse_input_shapes(args.input_shape), log=log)
