@@ -113,7 +113,7 @@ def rewrite(model: onnx.ModelProto, *, public_inputs=frozenset(), calibration: l
     report["model_check"] = _model_check_note(attempts, model_error, calibration, checking,
                                               len(cases) if checking else 0, relaxed, kept_attempt)
     report["declined"] = [d.to_json() for d in attention_declined + canon.declined] + chosen.declined
-    out = fuse_attention(chosen.model, chosen.rewrites, GraphView(chosen.model).shape)
+    out = fuse_attention(chosen.model, chosen.rewrites)
     out = fold_prescales(out, chosen.rewrites)
     out = bound_on_queries(out, chosen.rewrites)
     report["rewrites"] = chosen.rewrites

@@ -55,7 +55,7 @@ class _Fold:
     operand_size: int
 
 
-def _why_not(view: GraphView, node: onnx.NodeProto, outputs: set[str]) -> tuple[str | None, _Fold | None]:
+def _why_not(view: GraphView, node: onnx.NodeProto) -> tuple[str | None, _Fold | None]:
     protocol = protocols.from_onnx_attributes(view.attrs(node), op_type=node.op_type)
     if protocol.family not in FAMILIES:
         return f"the {protocol.family} protocol has no exp to prescale", None
@@ -77,7 +77,7 @@ def _why_not(view: GraphView, node: onnx.NodeProto, outputs: set[str]) -> tuple[
     scale = view.producer.get(operand)
     const_index = None
     if scale is not None and scale.op_type in SCALES and scale.domain in ("", "ai.onnx") and len(scale.input) == 2 \
-            and view.only_consumer(operand) is matmul and operand not in outputs:
+            and view.only_consumer(operand) is matmul:
         const_index = _scalar_const(view, scale)
     if const_index is None:
         scale = None
@@ -96,13 +96,12 @@ def fold_prescales(model: onnx.ModelProto, rewrites: list[dict]) -> onnx.ModelPr
     """Fold every foldable softmax input scale into its MatMul; updates ``rewrites`` (report entries, matched by
     node name) in place."""
     view = GraphView(model)
-    outputs = {o.name for o in model.graph.output}
     entries = {r["node"]: r for r in rewrites}
     folds: list[_Fold] = []
     for node in model.graph.node:
         if node.domain != protocols.DOMAIN or node.op_type != protocols.OP_TYPES["softmax"]:
             continue
-        why, fold = _why_not(view, node, outputs)
+        why, fold = _why_not(view, node)
         if fold is not None:
             folds.append(fold)
         elif node.name in entries:

@@ -208,6 +208,7 @@ def specialize(protocol, cases, axis: int, rows=None):
     ``rows``: the row summaries of every calibration case (``row_summary``), else those of ``cases``."""
     if protocol.family != "softmax_shift" or not (cases or rows):
         return protocol
+    rows = rows if rows is not None else [row_summary(x, axis) for x in cases]   # once, read three times below
     upper = calibrated_upper(cases, axis, rows)
     if upper > max_upper(protocol):
         return None
