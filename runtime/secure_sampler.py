@@ -268,6 +268,8 @@ def read_condition(path, batch: int, signature: UNetSignature) -> np.ndarray:
     [batch, ...] like the input, or without the batch axis (the same for every image). Names every problem."""
     from pathlib import Path
 
+    from compiler.artifact import load_npz
+
     cond = signature.condition
     if cond is None:
         raise SamplerError(f"--condition {path}: the program has no condition input")
@@ -275,21 +277,20 @@ def read_condition(path, batch: int, signature: UNetSignature) -> np.ndarray:
         raise SamplerError(f"--condition {path}: the program's condition '{cond.name}' is one-hot class labels "
                            f"[B, {signature.num_classes}]: give them with --label")
     path = Path(path)
-    try:
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as data:
-                keys = list(data.files)
-                if cond.name in keys:
-                    value = data[cond.name]
-                elif len(keys) == 1:
-                    value = data[keys[0]]
-                else:
-                    raise SamplerError(f"--condition {path}: holds {', '.join(keys) or 'nothing'}; give one array or "
-                                       f"one named '{cond.name}'")
+    if path.suffix == ".npz":
+        data = load_npz(path, "--condition")
+        if cond.name in data:
+            value = data[cond.name]
+        elif len(data) == 1:
+            value = next(iter(data.values()))
         else:
+            raise SamplerError(f"--condition {path}: holds {', '.join(data) or 'nothing'}; give one array or one "
+                               f"named '{cond.name}'")
+    else:
+        try:
             value = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise SamplerError(f"--condition {path}: cannot read it as .npy or .npz ({exc})") from None
+        except (OSError, ValueError) as exc:
+            raise SamplerError(f"--condition {path}: cannot read it as .npy or .npz ({exc})") from None
     want = (batch,) + tuple(cond.shape[1:])
     value = np.asarray(value)
     problems = []

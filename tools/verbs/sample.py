@@ -127,7 +127,7 @@ def _prepare(args):
         if args.condition:
             try:
                 condition = read_condition(args.condition, settings.batch, signature)
-            except SamplerError as exc:
+            except CipherdmError as exc:   # a SamplerError, or load_npz's DataError
                 problems.append(str(exc))
     if args.seed is not None and args.seed < 0:
         problems.append(f"--seed must be >= 0, got {args.seed}")
