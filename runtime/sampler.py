@@ -222,13 +222,14 @@ class SampleResult:
 def sample(eps_fn: EpsFn, shape: Sequence[int], sampler: str = "ddim", steps: int = 20, seed: int = 0, *,
            schedule: Schedule | None = None, eta: float | None = None, labels: np.ndarray | None = None,
            guidance: float | None = None, randomness: Randomness | None = None,
-           clip: float | None = None, dtype=np.float32) -> SampleResult:
+           clip: float | None = None, dtype=np.float32, null: np.ndarray | None = None) -> SampleResult:
     """Plaintext sampling driver.
 
     ``eps_fn(x_t, t)`` for unconditional models, ``eps_fn(x_t, t, cond)`` when ``labels`` (the conditioning
     input, e.g. a one-hot [B, 10] from :func:`one_hot`) is given; ``t`` is a float32 [B] array of the public
     timestep. With ``guidance`` (classifier-free, needs ``labels``) each step calls the model on the labels and
-    on :func:`null_labels` and combines them with :func:`guided_eps`.
+    on ``null`` (default zeros shaped like ``labels``: :func:`null_labels` for one-hot labels) and combines them
+    with :func:`guided_eps`.
 
     ``clip`` (off by default, because it is not linear) clips each x_prev to [-clip, clip]; only the final
     image is clipped to [-1, 1] by :func:`to_unit` for display.
@@ -239,6 +240,8 @@ def sample(eps_fn: EpsFn, shape: Sequence[int], sampler: str = "ddim", steps: in
     if guidance is not None and labels is None:
         raise ValueError("classifier-free guidance needs labels")
     batch = int(shape[0])
+    unconditional = None if labels is None else \
+        np.asarray(null, np.float32) if null is not None else np.zeros_like(np.asarray(labels, np.float32))
     x = np.asarray(rand.x_T, dtype=dtype)
     trajectory: list[tuple[int, np.ndarray]] = []
     for i, (t, (a, b, c)) in enumerate(zip(plan.steps, plan.coefficients)):
@@ -249,8 +252,7 @@ def sample(eps_fn: EpsFn, shape: Sequence[int], sampler: str = "ddim", steps: in
         elif guidance is None:
             eps = eps_fn(x, t_in, labels)
         else:
-            eps = guided_eps(eps_fn(x, t_in, labels), eps_fn(x, t_in, null_labels(batch, labels.shape[1])),
-                             guidance)
+            eps = guided_eps(eps_fn(x, t_in, labels), eps_fn(x, t_in, unconditional), guidance)
         eps = np.asarray(eps, dtype=dtype)
         x = (a * x + b * eps + c * rand.noise[i]).astype(dtype)
         if clip is not None:

@@ -24,9 +24,12 @@ command (about as long as ``cipherdm compile``'s).
 a public trip count, or unrolled); ``tools/bench_sampler.py --state-vs-multistep`` measures both side by side and
 docs/sampler.md records which one the sampler uses and why.
 
-Classifier-free guidance runs the U-Net on the label and on the null label (all zeros, a public constant): as one
-call on a stacked batch of 2B when the program was compiled for batch 2B ("stacked": half the rounds), otherwise
-as two calls at batch B ("twice").
+Classifier-free guidance runs the U-Net on the condition and on the null condition: as one call on a stacked batch
+of 2B when the program was compiled for batch 2B ("stacked": half the rounds), otherwise as two calls at batch B
+("twice"). A class-label model's null label is all zeros, a public constant (how such models are trained). A model
+conditioned on an embedding takes its null condition as a second secret input of the user (``--null-condition``:
+diffusers pipelines use the empty prompt's embedding, which says nothing about the user's prompt but is still the
+user's input); zeros when the user gives none.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ from compiler.spu_compile import MODEL_OWNER, PUBLIC, USER, ArgSpec
 
 # Variable names inside the SPU runtimes (and the step program's inputs/outputs).
 STATE, NEXT = "x_t", "x_prev"
-NOISE, COND, TIME, COEF, GUIDE = "noise", "cond", "timestep", "coef", "guidance_w"
+NOISE, COND, NULL, TIME, COEF, GUIDE = "noise", "cond", "null_cond", "timestep", "coef", "guidance_w"
 WEIGHT_PREFIX = "w/"
 STEP_FORMAT = "cipherdm-sampler-step"
 LOOPS = ("fori", "unroll")
@@ -226,11 +229,18 @@ def check_request(artifact, settings: SamplingSettings) -> tuple[UNetSignature, 
 
 @dataclass
 class UserData:
-    """What only the user knows: x_T and each step's noise (from the seed), and the condition."""
+    """What only the user knows: x_T and each step's noise (from the seed), the condition and, for guidance on an
+    embedding, the null condition."""
     x_T: np.ndarray
     noise: list[np.ndarray]
     condition: np.ndarray | None
     labels: list[int] | None = None
+    null_condition: np.ndarray | None = None
+
+
+def takes_null_condition(signature: UNetSignature, layout: str) -> bool:
+    """Whether the step program has the user's null condition as an input: guidance on an embedding."""
+    return layout != "none" and signature.condition is not None and signature.num_classes is None
 
 
 def parse_labels(text: str | None, batch: int, num_classes: int | None) -> list[int] | None:
@@ -262,7 +272,7 @@ def parse_labels(text: str | None, batch: int, num_classes: int | None) -> list[
     return values
 
 
-def read_condition(path, batch: int, signature: UNetSignature) -> np.ndarray:
+def read_condition(path, batch: int, signature: UNetSignature, flag: str = "--condition") -> np.ndarray:
     """``--condition``: the user's own condition for a model conditioned on an embedding (a prompt's text
     embedding, say): a ``.npy`` array, or a ``.npz`` with one array or one named after the condition input; shaped
     [batch, ...] like the input, or without the batch axis (the same for every image). Names every problem."""
@@ -272,25 +282,25 @@ def read_condition(path, batch: int, signature: UNetSignature) -> np.ndarray:
 
     cond = signature.condition
     if cond is None:
-        raise SamplerError(f"--condition {path}: the program has no condition input")
+        raise SamplerError(f"{flag} {path}: the program has no condition input")
     if signature.num_classes is not None:
-        raise SamplerError(f"--condition {path}: the program's condition '{cond.name}' is one-hot class labels "
+        raise SamplerError(f"{flag} {path}: the program's condition '{cond.name}' is one-hot class labels "
                            f"[B, {signature.num_classes}]: give them with --label")
     path = Path(path)
     if path.suffix == ".npz":
-        data = load_npz(path, "--condition")
+        data = load_npz(path, flag)
         if cond.name in data:
             value = data[cond.name]
         elif len(data) == 1:
             value = next(iter(data.values()))
         else:
-            raise SamplerError(f"--condition {path}: holds {', '.join(data) or 'nothing'}; give one array or one "
+            raise SamplerError(f"{flag} {path}: holds {', '.join(data) or 'nothing'}; give one array or one "
                                f"named '{cond.name}'")
     else:
         try:
             value = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as exc:
-            raise SamplerError(f"--condition {path}: cannot read it as .npy or .npz ({exc})") from None
+            raise SamplerError(f"{flag} {path}: cannot read it as .npy or .npz ({exc})") from None
     want = (batch,) + tuple(cond.shape[1:])
     value = np.asarray(value)
     problems = []
@@ -303,12 +313,27 @@ def read_condition(path, batch: int, signature: UNetSignature) -> np.ndarray:
     elif not np.all(np.isfinite(value)):
         problems.append("values that are not finite (NaN or inf)")
     if problems:
-        raise SamplerError(f"bad --condition {path} for '{cond.name}'", problems)
+        raise SamplerError(f"bad {flag} {path} for '{cond.name}'", problems)
     return np.ascontiguousarray(value, dtype=np.float32)
 
 
+def read_null_condition(path, settings: SamplingSettings, signature: UNetSignature) -> np.ndarray:
+    """``--null-condition``: classifier-free guidance's unconditional input for a model conditioned on an embedding
+    (diffusers pipelines use the empty prompt's embedding), read like ``--condition``."""
+    problems = []
+    if settings.guidance is None:
+        problems.append("it is only used with --guidance")
+    if signature.condition is not None and signature.num_classes is not None:
+        problems.append(f"the program's condition '{signature.condition.name}' is one-hot class labels, whose "
+                        "null label is all zeros")
+    if problems:
+        raise SamplerError(f"--null-condition {path} does not apply", problems)
+    return read_condition(path, settings.batch, signature, "--null-condition")
+
+
 def user_data(signature: UNetSignature, settings: SamplingSettings, plan, seed: int,
-              labels: list[int] | None, condition: np.ndarray | None = None) -> UserData:
+              labels: list[int] | None, condition: np.ndarray | None = None,
+              null_condition: np.ndarray | None = None) -> UserData:
     from runtime.sampler import draw_randomness, null_labels, one_hot
 
     shape = (settings.batch,) + tuple(signature.sample.shape[1:])
@@ -322,7 +347,10 @@ def user_data(signature: UNetSignature, settings: SamplingSettings, plan, seed: 
             cond = condition
         else:  # an embedding not given: the null condition (zeros)
             cond = np.zeros((settings.batch,) + tuple(signature.condition.shape[1:]), np.float32)
-    return UserData(rand.x_T, rand.noise, cond, labels)
+    null = None
+    if signature.condition is not None and signature.num_classes is None and settings.guidance is not None:
+        null = null_condition if null_condition is not None else np.zeros_like(cond)
+    return UserData(rand.x_T, rand.noise, cond, labels, null)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -403,7 +431,8 @@ def _lowered_unet(artifact, signature: UNetSignature):
 
 def step_function(artifact, signature: UNetSignature, layout: str, noise: bool, steps_per_run: int = 1,
                   loop: str = "fori"):
-    """``(fn, arg_specs)``: the JAX step function over (state, [noise], [cond], t, coef, [gw], *weights)."""
+    """``(fn, arg_specs)``: the JAX step function over (state, [noise], [cond], [null_cond], t, coef, [gw],
+    *weights)."""
     import jax
     import jax.numpy as jnp
 
@@ -415,6 +444,7 @@ def step_function(artifact, signature: UNetSignature, layout: str, noise: bool, 
     sample_dtype = np.dtype(signature.sample.program_dtype)
     guided = layout != "none"
     cond_spec = signature.condition
+    has_null = takes_null_condition(signature, layout)
 
     def unet(x, t, cond, weights):
         values = dict(zip(weight_names, weights))
@@ -424,13 +454,14 @@ def step_function(artifact, signature: UNetSignature, layout: str, noise: bool, 
             values[cond_spec.name] = cond
         return lowered.fn(*[values[name] for name in order])[out_index]
 
-    def one_step(x, nz, cond, t, coef, gw, weights):
+    def one_step(x, nz, cond, null, t, coef, gw, weights):
+        if guided and null is None:
+            null = jnp.zeros_like(cond)    # a class-label model's "no label": public zeros
         if layout == "stacked":
-            null = jnp.zeros_like(cond)
             both = unet(jnp.concatenate([x, x]), t, jnp.concatenate([cond, null]), weights)
             eps = gw[0] * both[:batch] + gw[1] * both[batch:]
         elif layout == "twice":
-            eps = gw[0] * unet(x, t, cond, weights) + gw[1] * unet(x, t, jnp.zeros_like(cond), weights)
+            eps = gw[0] * unet(x, t, cond, weights) + gw[1] * unet(x, t, null, weights)
         else:
             eps = unet(x, t, cond, weights)
         out = coef[0] * x + coef[1] * eps
@@ -446,16 +477,18 @@ def step_function(artifact, signature: UNetSignature, layout: str, noise: bool, 
         x = next(it)
         nz = next(it) if noise else None
         cond = next(it) if has_cond else None
+        null = next(it) if has_null else None
         t, coef = next(it), next(it)
         gw = next(it) if guided else None
         weights = list(it)
         if k == 1:
-            return (one_step(x, nz, cond, t, coef, gw, weights),)
+            return (one_step(x, nz, cond, null, t, coef, gw, weights),)
         if loop == "unroll":
             for i in range(k):
-                x = one_step(x, nz[i] if noise else None, cond, t[i], coef[i], gw, weights)
+                x = one_step(x, nz[i] if noise else None, cond, null, t[i], coef[i], gw, weights)
             return (x,)
-        body = lambda i, x: one_step(x, nz[i] if noise else None, cond, t[i], coef[i], gw, weights)  # noqa: E731
+        body = lambda i, x: one_step(x, nz[i] if noise else None, cond, null, t[i], coef[i], gw,  # noqa: E731
+                                     weights)
         return (jax.lax.fori_loop(0, k, body, x),)
 
     lead = (k,) if k > 1 else ()
@@ -465,6 +498,8 @@ def step_function(artifact, signature: UNetSignature, layout: str, noise: bool, 
         specs.append((NOISE, lead + image, sample_dtype, USER))
     if has_cond:
         specs.append((COND, (batch,) + tuple(cond_spec.shape[1:]), np.dtype(cond_spec.program_dtype), USER))
+    if has_null:
+        specs.append((NULL, (batch,) + tuple(cond_spec.shape[1:]), np.dtype(cond_spec.program_dtype), USER))
     specs.append((TIME, lead + tuple(signature.timestep.shape), np.dtype(signature.timestep.program_dtype), PUBLIC))
     specs.append((COEF, lead + (3,), np.dtype(np.float32), PUBLIC))
     if guided:
@@ -642,6 +677,8 @@ def run_secure_sampling(backend, program: StepProgram, signature: UNetSignature,
     backend.secret(STATE, user.x_T if backend.is_user else None, USER)
     if signature.condition is not None:
         backend.secret(COND, user.condition if backend.is_user else None, USER)
+    if any(i["name"] == NULL for i in program.inputs):
+        backend.secret(NULL, user.null_condition if backend.is_user else None, USER)
     if program.layout != "none":
         backend.public(GUIDE, np.asarray(guidance_weights(settings.guidance), np.float32))
     setup_time = time.perf_counter() - start
@@ -710,7 +747,7 @@ def plaintext_sample(eps_fn, signature: UNetSignature, settings: SamplingSetting
     result = sample(eps_fn if cond_given else (lambda x, t: eps_fn(x, t)), shape, settings.sampler,
                     settings.steps, schedule=make_schedule(settings.schedule, settings.T), eta=settings.eta,
                     labels=user.condition if cond_given else None,
-                    guidance=settings.guidance if cond_given else None,
+                    guidance=settings.guidance if cond_given else None, null=user.null_condition,
                     randomness=Randomness(user.x_T, user.noise))
     return result.image
 
@@ -730,7 +767,8 @@ def run_step_plaintext(artifact, signature: UNetSignature, settings: SamplingSet
     k = steps_per_run
     x = user.x_T
     for first in range(0, len(plan.steps), k):
-        values = {STATE: x, COND: user.condition, **public_step_values(signature, plan, first, k, layout)}
+        values = {STATE: x, COND: user.condition, NULL: user.null_condition,
+                  **public_step_values(signature, plan, first, k, layout)}
         if noise:
             values[NOISE] = user.noise[first] if k == 1 else np.stack(user.noise[first:first + k])
         if layout != "none":
@@ -747,7 +785,7 @@ def run_step_plaintext(artifact, signature: UNetSignature, settings: SamplingSet
 
 def run_sampler_party(rank: int, parties, artifact_path, settings: SamplingSettings, *, step_path=None,
                       weights_path=None, seed: int | None = None, labels_text: str | None = None,
-                      condition_path=None, output_path=None, progress_path=None, log_path=None,
+                      condition_path=None, null_condition_path=None, output_path=None, progress_path=None, log_path=None,
                       on_peer_failure=None) -> dict:
     """Load what this party may see, agree on program + step program + settings, sample, reveal x_0 to the user.
 
@@ -769,9 +807,10 @@ def run_sampler_party(rank: int, parties, artifact_path, settings: SamplingSetti
                         "not be given the weights")
     if is_user and (seed is None or not output_path):
         problems.append(f"party {rank} is the user and needs --seed and -o/--output")
-    if not is_user and (seed is not None or labels_text is not None or condition_path or output_path):
+    if not is_user and (seed is not None or labels_text is not None or condition_path or null_condition_path
+                        or output_path):
         problems.append(f"party {rank} is not the user (party {parties.roles[USER]} is): it must not be given "
-                        "the seed, the label, the condition or an output path")
+                        "the seed, the label, the conditions or an output path")
     if problems:
         raise SamplerError(f"party {rank} is not set up for its roles", problems)
     artifact = read_artifact(artifact_path)
@@ -781,8 +820,9 @@ def run_sampler_party(rank: int, parties, artifact_path, settings: SamplingSetti
     user = None
     if is_user:
         condition = read_condition(condition_path, settings.batch, signature) if condition_path else None
+        null = read_null_condition(null_condition_path, settings, signature) if null_condition_path else None
         user = user_data(signature, settings, plan, seed, parse_labels(labels_text, settings.batch,
-                                                                        signature.num_classes), condition)
+                                                                        signature.num_classes), condition, null)
     t = time.perf_counter()
     if step_path:
         program = StepProgram.load(step_path)
@@ -916,7 +956,7 @@ class LocalSampling:
 
 
 def sample_local(artifact_path, weights_path, settings: SamplingSettings, program: StepProgram, *, seed: int,
-                 labels_text: str | None = None, condition_path=None, work_dir=None,
+                 labels_text: str | None = None, condition_path=None, null_condition_path=None, work_dir=None,
                  progress: "Progress | None" = None,
                  recv_timeout_s: float = 900.0) -> LocalSampling:
     """Three party processes on 127.0.0.1 (runtime.local supervises them: a failing party stops the others
@@ -964,6 +1004,8 @@ def sample_local(artifact_path, weights_path, settings: SamplingSettings, progra
                 cmd += ["--label", labels_text]
             if condition_path:
                 cmd += ["--condition", str(Path(condition_path).resolve())]
+            if null_condition_path:
+                cmd += ["--null-condition", str(Path(null_condition_path).resolve())]
         return cmd
 
     def poll():

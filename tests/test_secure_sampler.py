@@ -259,6 +259,34 @@ def test_the_users_text_embedding_conditions_the_samples(text_conditioned):
     assert np.max(np.abs(x_sim - twin_sim)) < 0.05 * max(1.0, float(np.max(np.abs(twin_sim))))
 
 
+def test_guidance_takes_the_users_null_embedding(text_conditioned, tmp_path, capsys):
+    # guided eps = w * eps(cond) + (1 - w) * eps(null): at w = 0 the sample is the unguided one conditioned on the
+    # null embedding, at w = 1 the null drops out; the null embedding is a secret input of the user's
+    folder, program, weights = text_conditioned
+    rng = np.random.default_rng(12)
+    prompt, empty = (rng.standard_normal((4, 16)).astype(np.float32) for _ in range(2))
+    np.save(tmp_path / "prompt.npy", prompt)
+    np.save(tmp_path / "empty.npy", empty)
+    cond, null = ("--condition", str(tmp_path / "prompt.npy")), ("--null-condition", str(tmp_path / "empty.npy"))
+    x_w0, twin_w0 = _sample_x0(program, weights, tmp_path, "w0", "plaintext", *cond, *null, "--guidance", "0")
+    x_empty, _ = _sample_x0(program, weights, tmp_path, "empty", "plaintext", "--condition", null[1])
+    np.testing.assert_allclose(x_w0, x_empty, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(twin_w0, x_empty, rtol=0, atol=1e-4)     # the float sampler takes it too
+    x_w1, _ = _sample_x0(program, weights, tmp_path, "w1", "plaintext", *cond, *null, "--guidance", "1")
+    x_prompt, _ = _sample_x0(program, weights, tmp_path, "prompt", "plaintext", *cond)
+    np.testing.assert_allclose(x_w1, x_prompt, rtol=0, atol=1e-5)
+    x_w3, twin_w3 = _sample_x0(program, weights, tmp_path, "w3", "plaintext", *cond, *null, "--guidance", "3")
+    x_w3_zeros, _ = _sample_x0(program, weights, tmp_path, "w3z", "plaintext", *cond, "--guidance", "3")
+    assert np.max(np.abs(x_w3 - x_w3_zeros)) > 1e-2                      # not the zeros default
+    x_sim, twin_sim = _sample_x0(program, weights, tmp_path, "w3sim", "sim", *cond, *null, "--guidance", "3")
+    np.testing.assert_allclose(twin_sim, twin_w3, rtol=0, atol=1e-6)
+    assert np.max(np.abs(x_sim - twin_sim)) < 0.05 * max(1.0, float(np.max(np.abs(twin_sim))))
+    # without guidance there is nothing to take it for
+    assert cli(["sample", str(program), "--weights", str(weights), "--mode", "plaintext", "--steps", "2",
+                "-o", str(tmp_path / "g.png"), *null]) != 0
+    assert "--null-condition" in capsys.readouterr().err
+
+
 def test_a_bad_condition_is_named_with_what_was_expected(text_conditioned, tiny, tmp_path, capsys):
     folder, program, weights = text_conditioned
     np.save(tmp_path / "bad.npy", np.zeros((3, 4, 15), np.float32))

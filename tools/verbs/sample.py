@@ -31,6 +31,10 @@ def add_arguments(parser) -> None:
                         help="the user's condition of a model conditioned on an embedding (a prompt's text embedding): "
                              "[batch, ...] like the model's condition input, or without the batch axis for every "
                              "image; secret-shared like the noise (default: zeros, the null condition)")
+    parser.add_argument("--null-condition", metavar="NULL.npy|.npz",
+                        help="with --guidance on a model conditioned on an embedding: the unconditional input (what "
+                             "diffusers pipelines take from the empty prompt), read like --condition and "
+                             "secret-shared like it (default: zeros)")
     parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (public; default: none)")
     parser.add_argument("--eta", type=float, help="DDIM eta (default 0; ddpm is eta = 1)")
     parser.add_argument("--schedule", default="linear", help="beta schedule: linear (default) or cosine")
@@ -77,7 +81,7 @@ def _prepare(args):
     from compiler.artifact import read_artifact, read_weights
     from compiler.errors import CipherdmError
     from runtime.secure_sampler import (MODES as RUN_MODES, SamplerError, check_request, parse_labels,
-                                        read_condition)
+                                        read_condition, read_null_condition)
 
     problems = []
     if args.mode not in RUN_MODES:
@@ -118,7 +122,7 @@ def _prepare(args):
             problems += exc.problems
     else:
         problems += settings.problems()
-    condition = None
+    condition = null = None
     if signature is not None:
         try:
             labels = parse_labels(args.label, settings.batch, signature.num_classes)
@@ -129,11 +133,16 @@ def _prepare(args):
                 condition = read_condition(args.condition, settings.batch, signature)
             except CipherdmError as exc:   # a SamplerError, or load_npz's DataError
                 problems.append(str(exc))
+        if args.null_condition:
+            try:
+                null = read_null_condition(args.null_condition, settings, signature)
+            except CipherdmError as exc:
+                problems.append(str(exc))
     if args.seed is not None and args.seed < 0:
         problems.append(f"--seed must be >= 0, got {args.seed}")
     if problems:
         raise SamplerError("cannot sample", problems)
-    return artifact, weights, settings, signature, layout, labels, condition
+    return artifact, weights, settings, signature, layout, labels, (condition, null)
 
 
 def _sample(args) -> int:
@@ -144,10 +153,10 @@ def _sample(args) -> int:
     from runtime.sampler import to_unit
 
     wall_start = time.perf_counter()
-    artifact, weights, settings, signature, layout, labels, condition = _prepare(args)
+    artifact, weights, settings, signature, layout, labels, conditions = _prepare(args)
     seed = 0 if args.seed is None else args.seed
     plan = settings.plan()
-    user = ss.user_data(signature, settings, plan, seed, labels, condition)
+    user = ss.user_data(signature, settings, plan, seed, labels, *conditions)
     noise = any(plan.needs_noise)
     progress = ss.Progress(len(plan.steps), f"{args.mode}")
 
@@ -245,7 +254,7 @@ def _sample(args) -> int:
 def _local(args, artifact, settings, program, seed, progress):
     from runtime.secure_sampler import sample_local
     run = sample_local(args.program, args.weights, settings, program, seed=seed, labels_text=args.label,
-                       condition_path=args.condition,
+                       condition_path=args.condition, null_condition_path=args.null_condition,
                        work_dir=args.work_dir, progress=progress)
     return run.image, run.records, run.parties
 
@@ -321,7 +330,8 @@ def _party_run(args) -> int:
         settings = _settings(args, unet_signature(read_artifact(args.program)).batch)
         metrics = run_sampler_party(
             args.rank, parties, args.program, settings, step_path=args.step_program, weights_path=args.weights,
-            seed=args.seed, labels_text=args.label, condition_path=args.condition, output_path=args.output,
+            seed=args.seed, labels_text=args.label, condition_path=args.condition,
+            null_condition_path=args.null_condition, output_path=args.output,
             progress_path=args.progress_out,
             log_path=args.spu_log or f"{args.program}.party{args.rank}.log", on_peer_failure=peer_failed)
     except CipherdmError as exc:
