@@ -91,7 +91,9 @@ class GraphView:
         matmul = self.producer.get(name)
         if matmul is None or matmul.op_type != "MatMul":
             return "its input is not a MatMul product", None
-        if self.only_consumer(matmul.output[0]) is not consumer:
+        user = self.only_consumer(matmul.output[0])
+        # (by outputs, not identity: ``consumer`` may be a copy, like the canonical nodes the choice walks)
+        if user is None or list(user.output) != list(consumer.output):
             return "the MatMul product has other consumers", None
         return None, matmul
 
