@@ -150,16 +150,24 @@ SOFTMAXES = BY_FAMILY["softmax_max"] + BY_FAMILY["softmax_shift"]
 @pytest.mark.parametrize("p", SOFTMAXES, ids=IDS(SOFTMAXES))
 def test_softmax_is_a_distribution_within_its_error(p):
     mod = op_module("softmax")
+    box = p.params.get("clip") == "box"
     if p.family == "softmax_max":
         (x,) = mod.samples(p.interval, 1 << 14)
+    elif box:
+        (x,) = mod.box_samples(p.params["bound"])
     else:
         (x,) = mod.spread_samples(p.params["upper"])
     y = p.numpy_fn(x, axis=-1)
     assert np.all(y >= 0)
     np.testing.assert_allclose(y.sum(axis=-1), 1.0, atol=1e-9)
     assert p.error(x, axis=-1)["max"] <= p.fit["max_error"] * 1.001
-    # rows far outside any calibration: huge spread, constant, huge values: still distributions
+    # rows far outside any calibration: huge spread, constant, huge values: still distributions (a box-bounded
+    # softmax gets its rows within [-B, 0] from the graph, whatever the inputs: passes/box_bound.py)
     wild = np.array([[0.0] * 63 + [1e3], [-1e3] * 63 + [0.0], [5.0] * 64, np.linspace(-500, 500, 64)])
+    if box:
+        wild = mod.box_rows(wild, -1) * (p.params["bound"] / np.maximum(np.ptp(wild, -1, keepdims=True),
+                                                                         p.params["bound"]))
+        assert np.all(wild >= -p.params["bound"])
     y = p.numpy_fn(wild, axis=-1)
     assert np.all(np.isfinite(y)) and np.all(y >= 0)
     np.testing.assert_allclose(y.sum(axis=-1), 1.0, atol=1e-9)
@@ -366,6 +374,8 @@ def test_attribute_round_trip_and_checks():
 def _onnx_inputs(p):
     mod = op_module(p.op)
     inputs = mod.samples(p.interval or mod.DEFAULT_INTERVAL, 2001)
+    if p.params.get("clip") == "box":
+        inputs = mod.box_samples(p.params["bound"], rows=32)
     if p.op in ("silu", "mish", "gelu", "sigmoid", "tanh") and p.family == "abs_piecewise":
         bound = p.params["bound"]
         inputs = (np.concatenate([np.linspace(-1.5 * bound, 1.5 * bound, 2001), [-1e3, 1e3]]),)
@@ -516,7 +526,7 @@ def test_cost_scales_with_elements_and_counts_comparisons():
 
 SPU_SUBSET = ["silu.pw.b8.d5", "gelu.pw.b4.s2.d3", "mish.pw.b8.s2.d3", "sigmoid.pw.b8.d5", "tanh.pw.b4.d6",
               "exp.sq.l16.k3.d3", "softmax.max.sq.l12.k2.d3", "softmax.shift.u4.sq.l16.k3.d3",
-              "softmax.shiftb.u2.sq.l12.k2.d3", "softmax.shiftb4.u2.sq.l12.k2.d3",
+              "softmax.shiftb.u2.sq.l12.k2.d3", "softmax.shiftb4.u2.sq.l12.k2.d3", "softmax.box.sq.l64.k6.d3.r12",
               "reciprocal.nt.0.1-10.m2.d2.n3", "rsqrt.nt.0.01-100.m4.d2.n2", "group_norm.fold.nt.0.01-100.m4.d2.n2",
               "layer_norm.rows.nt.0.01-100.m4.d2.n2"]
 FXP_TOL = 1e-3   # 18 fraction bits: rounding of the powers, truncation errors
@@ -535,6 +545,8 @@ def _spu_inputs(p, n):
         bound = p.params["bound"]
         return [np.concatenate([np.linspace(*p.interval, n - 6), [-1.5 * bound, 1.5 * bound, -50.0, 50.0,
                                                                   -1e3, 1e3]])]
+    if p.params.get("clip") == "box":
+        return [mod.box_samples(p.params["bound"], rows=n // 64)[0]]
     if p.family == "softmax_shift":
         return [mod.spread_samples(p.params["upper"], rows=n // 64)[0]]
     if p.op == "softmax":

@@ -199,6 +199,8 @@ def measurement_inputs(p):
     if p.op == "softmax":
         low, high = interval
         x = rng.uniform(low, high, (256, 256))
+        if p.params.get("clip") == "box":
+            x = mod.box_samples(p.params["bound"], rows=256)[0].repeat(4, axis=1)
         if p.params.get("clip") == "bound":
             x = _rows_within_bound(x, p.params, rng)
         return [x], {"axis": -1}

@@ -46,16 +46,33 @@ FIT_SPECS = [
     {"lower": -24, "squarings": 3, "degree": 3},
     {"lower": -24, "squarings": 4, "degree": 2},
     {"lower": -24, "squarings": 4, "degree": 3},
+    # box-bounded attention rows (softmax.box): x - b(q) spans up to ~60 on the trained MNIST U-Nets, and a row's
+    # maximum sits up to ~10 below 0, so the error is relative to exp down to -S (``relative``), absolute below
+    {"lower": -16, "squarings": 4, "degree": 3, "relative": 6},
+    {"lower": -24, "squarings": 4, "degree": 3, "relative": 6},
+    {"lower": -32, "squarings": 5, "degree": 3, "relative": 8},
+    {"lower": -32, "squarings": 5, "degree": 3, "relative": 12},
+    {"lower": -48, "squarings": 5, "degree": 3, "relative": 10},
+    {"lower": -64, "squarings": 6, "degree": 3, "relative": 12},
     {"taylor": 6},
     {"taylor": 8},
 ]
 
 
-def fit_exp(lower: float, squarings: int, degree: int) -> list[float]:
+def fit_exp(lower: float, squarings: int, degree: int, relative: float | None = None) -> list[float]:
+    """q with q(0) = 1, q(L / 2^k) = 0, minimising the error of q^(2^k) against exp (about 2^k e^((2^k - 1) y)
+    times q's own): absolute on [L, 0]; with ``relative`` = S, relative to max(exp(x), exp(-S)) (a softmax row
+    whose maximum sits at -S still gets its large entries to the same relative accuracy) and without the zero at
+    L: such a q serves rows that never go below L (softmax.box), so it needs no clip to be continuous with."""
     n = 2 ** squarings
     low = lower / n
-    coeffs, _ = fit_polynomial(np.exp, low, 0.0, degree, weight=lambda y: n * np.exp((n - 1) * y),
-                               equal=[(0.0, 1.0), (low, 0.0)], grid=4001)
+    floor = -math.inf if relative is None else -float(relative)
+
+    def weight(y):
+        return n * np.exp((n - 1) * y) / np.exp(np.maximum(n * y, floor) if relative is not None else 0.0)
+
+    equal = [(0.0, 1.0)] + ([(low, 0.0)] if relative is None else [])
+    coeffs, _ = fit_polynomial(np.exp, low, 0.0, degree, weight=weight, equal=equal, grid=4001)
     coeffs[0] = 1.0   # exact (the LP returns it to ~1e-12)
     return [float(f"{c:.12g}") for c in coeffs]
 
@@ -66,15 +83,29 @@ def exp_params(spec: dict) -> tuple[str, dict]:
         return f"exp.sq.taylor.n{n}", {"lower": -float(2 ** n), "squarings": n, "degree": 1,
                                        "coeffs": [1.0, 1.0], "clip": True, "interval": [-float(2 ** n), 0.0]}
     lower, k, d = float(spec["lower"]), int(spec["squarings"]), int(spec["degree"])
-    return f"exp.sq.l{-lower:g}.k{k}.d{d}", {"lower": lower, "squarings": k, "degree": d,
-                                            "coeffs": fit_exp(lower, k, d), "clip": True, "interval": [lower, 0.0]}
+    relative = spec.get("relative")
+    params = {"lower": lower, "squarings": k, "degree": d, "coeffs": fit_exp(lower, k, d, relative), "clip": True,
+              "interval": [lower, 0.0]}
+    if relative is None:
+        return f"exp.sq.l{-lower:g}.k{k}.d{d}", params
+    return f"exp.sq.l{-lower:g}.k{k}.d{d}.r{relative:g}", {**params, "relative": float(relative), "clip": False}
 
 
 def build(spec: dict) -> dict:
     name, params = exp_params(spec)
-    proto = Protocol(name, OP, "exp_square", params, interval=tuple(params["interval"]), sane=(-math.inf, 0.0),
-                     description=DESCRIPTION)
-    inside = proto.error(np.linspace(params["lower"], 0.0, 40001))
+    relative = params.get("relative")
+    proto = Protocol(name, OP, "exp_square", params, interval=tuple(params["interval"]),
+                     sane=(-math.inf if relative is None else params["lower"], 0.0), description=DESCRIPTION)
+    grid = np.linspace(params["lower"], 0.0, 40001)
+    inside = proto.error(grid)
+    if relative is not None:
+        scale = np.exp(np.maximum(grid, -relative))
+        worst = float(np.max(np.abs(proto.numpy_fn(grid) - np.exp(grid)) / scale))
+        return {**proto.to_json(), "fit": {
+            "max_error": act._r1(inside["max"]), "mean_error": act._r1(inside["mean"]),
+            "max_error_relative": act._r1(worst),
+            "relative_to": f"max(exp(x), exp(-{relative:g})): no clip, for rows within [L, 0] only",
+            "comparisons_per_element": proto.comparisons_per_element(), "grid": 40001}}
     below = proto.error(np.concatenate([np.linspace(4 * params["lower"], params["lower"], 4001), [-1e3]]))
     return {**proto.to_json(), "fit": {
         "max_error": act._r1(inside["max"]), "mean_error": act._r1(inside["mean"]),
@@ -103,4 +134,12 @@ def knob_variants():
 
 
 def variants():
-    return act.standard_variants(OP, direct_variant(), knob_variants())
+    # the relative fits have no clip, so no sane value below L: they serve only rows bounded by the graph
+    # (softmax.box), never an Exp node of its own
+    return [p for p in act.standard_variants(OP, direct_variant(), knob_variants())
+            if "relative" not in p.params]
+
+
+def box_exps():
+    """The relative fits (softmax.box's exps)."""
+    return [p for p in act.load_fitted(OP) if "relative" in p.params]

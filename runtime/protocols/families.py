@@ -13,6 +13,9 @@
   q is evaluated as a monic polynomial in z = gamma x (Horner: d - 1 products, no coefficient truncations);
   a softmax whose input scale was folded upstream (``prescaled``) gets z directly.
 * ``softmax_max``: max-subtract, exp_square, one SPU reciprocal per row, one multiply per element.
+* ``softmax_shift`` with ``clip`` "box": rows that arrive shifted below 0 and bounded (attention's scores minus a
+  per-query bound on their maximum, from the keys' bounding box: passes/box_bound.py): exp_square without a clip,
+  reciprocal per row, multiply. No comparison per score at all.
 * ``softmax_shift``: no max tree (88 rounds for a row of 256): subtract the row mean plus a calibrated bound U
   on max - mean, exp_square clipped to [L, 0] at both ends (saturating at 1) or, with ``clip`` "low", only
   below L (one comparison per element instead of two), reciprocal per row, multiply.
@@ -29,6 +32,8 @@
 """
 
 from __future__ import annotations
+
+import math
 
 from runtime.protocols.base import family, op_module
 
@@ -168,6 +173,19 @@ def softmax_shift(bk, protocol, inputs, axis=-1, **kw):
     clip = protocol.params.get("clip", "both")
     prescaled = bool(protocol.params.get("prescaled"))
     gamma = monic_form(protocol.params["exp"])[0] if prescaled else 1.0
+    if clip == "box":
+        # the rows arrive shifted by an upper bound on their maximum and within [-bound, 0] (passes/box_bound.py
+        # computed both from the queries and keys): exp's polynomial needs neither the mean nor a clip. With
+        # ``lift`` c its coefficients carry e^(c / 2^k), so e = e^c exp(x): a row whose maximum sits far below 0
+        # keeps its precision in fixed point; the row sum and the result drop e^c again.
+        e = exp_square_eval(bk, protocol.params["exp"], x, prescaled=prescaled)
+        if not protocol.params.get("normalize", True):
+            return e
+        lift = float(protocol.params.get("lift", 0.0))
+        if not lift:
+            return bk.mul(e, bk.native("reciprocal", bk.reduce_sum(e, axis)))
+        inverse = bk.native("reciprocal", bk.scale(bk.reduce_sum(e, axis), math.exp(-lift)))
+        return bk.scale(bk.mul(e, inverse), math.exp(-lift))
     centered = bk.sub(x, bk.mean(x, axis))
     if clip == "bound":
         norm = int(protocol.params.get("norm", 2))

@@ -68,6 +68,11 @@ LOW_CLIP_EXPS = ("exp.sq.l8.k2.d2", "exp.sq.l8.k2.d3", "exp.sq.l12.k2.d3", "exp.
 # bounded rows (no comparison per element): exp's range [L, 0] must hold B + U, so the wider ranges too
 BOUND_EXPS = ("exp.sq.l8.k2.d2", "exp.sq.l8.k2.d3", "exp.sq.l12.k2.d3", "exp.sq.l12.k3.d2", "exp.sq.l16.k2.d2",
               "exp.sq.l16.k3.d3", "exp.sq.l24.k3.d3", "exp.sq.l24.k4.d3")
+# box-bounded rows (softmax.box): exp's range must hold the calibrated box range R(q); monic (degree <= 3), since
+# the query takes exp's input scale too
+# (relative fits: a row's maximum sits below 0 by the bound's slack, and its large entries must stay accurate)
+BOX_EXPS = ("exp.sq.l16.k4.d3.r6", "exp.sq.l24.k4.d3.r6", "exp.sq.l32.k5.d3.r8", "exp.sq.l32.k5.d3.r12",
+            "exp.sq.l48.k5.d3.r10", "exp.sq.l64.k6.d3.r12")
 # B + U stays this fraction inside exp's range: the rsqrt that scales a row down errs by ~3e-3 (relative)
 BOUND_ROOM = 0.98
 FIT_SPECS = [{"exp": name} for name in EXP_CHOICES] + [
@@ -76,7 +81,8 @@ FIT_SPECS = [{"exp": name} for name in EXP_CHOICES] + [
     {"exp": "exp.sq.l12.k2.d3", "upper": 4.0},
 ] + [{"exp": name, "upper": 4.0, "clip": "low"} for name in LOW_CLIP_EXPS] + [
     {"exp": name, "upper": 2.0, "clip": "bound"} for name in BOUND_EXPS] + [
-    {"exp": name, "upper": 2.0, "clip": "bound", "norm": 4} for name in BOUND_EXPS]
+    {"exp": name, "upper": 2.0, "clip": "bound", "norm": 4} for name in BOUND_EXPS] + [
+    {"exp": name, "clip": "box"} for name in BOX_EXPS]
 # U is rounded up to this step when a shift variant is specialised to a node's calibrated rows
 UPPER_STEP = 0.25
 # A bounded-rows variant applies where the calibrated rows' norms, this much larger, stay within B
@@ -108,6 +114,8 @@ def spread_samples(upper: float, rows: int = 512):
 
 def build(spec: dict) -> dict:
     exp = {p.name: p for p in load_fitted("exp")}[spec["exp"]]
+    if spec.get("clip") == "box":
+        return build_box(exp)
     if "upper" in spec:
         return build_shift(exp, float(spec["upper"]), spec.get("clip", "both"), int(spec.get("norm", 2)))
     params = {"exp": dict(exp.params), "interval": list(exp.interval)}
@@ -158,6 +166,56 @@ def build_shift(exp, upper: float, clip: str = "both", norm: int = 2) -> dict:
     if headroom is not None:
         fit["headroom"] = headroom
     return {**proto.to_json(), "fit": fit}
+
+
+def build_box(exp) -> dict:
+    """Rows already shifted below 0 by an upper bound on their maximum and scaled into [-bound, 0] by the graph
+    (passes/box_bound.py): exp_square without a clip, reciprocal per row, multiply. As a function of x its
+    semantics are those of the shifted rows (``box_samples``)."""
+    params = {"upper": 0.0, "clip": "box", "exp": {**exp.params, "clip": False},
+              "bound": BOUND_ROOM * -float(exp.params["lower"]), "interval": list(exp.interval)}
+    name = "softmax.box." + exp.name.replace("exp.", "")
+    proto = Protocol(name, OP, "softmax_shift", params, interval=tuple(exp.interval),
+                     description=f"attention rows minus a per-query bound on their maximum (the keys' bounding box), "
+                                 f"within [-B, 0]: {exp.name} without a clip, reciprocal per row, multiply; no "
+                                 f"comparison per score")
+    err = proto.error(*box_samples(params["bound"]))
+    return {**proto.to_json(), "fit": {"max_error": act._r1(err["max"]), "mean_error": act._r1(err["mean"]),
+                                       "rows": "64 logits per row within [-B, 0], the maximum up to 0.05 B below 0"}}
+
+
+# A box-bounded softmax lifts exp's output by e^c, c up to this (the calibrated slack, with the margin): the
+# unnormalised e then reaches e^c, and e @ V (normalised after the value MatMul) sums n such products before their
+# truncation, which must stay below 2^(62 - 2f); the shift variants' e^U already goes as far (MAX_UPPER).
+MAX_LIFT = 5.0
+
+
+def lifted(protocol, slack: float):
+    """The box variant with exp's output lifted by e^c, c = min(slack, MAX_LIFT) (rounded up to UPPER_STEP):
+    exp's polynomial q times e^(c / 2^k), so that q^(2^k) = e^c exp(x) (and its monic form stays monic)."""
+    lift = min(MAX_LIFT, math.ceil(max(slack, 0.0) / UPPER_STEP) * UPPER_STEP)
+    if not lift:
+        return protocol
+    exp = protocol.params["exp"]
+    factor = math.exp(lift / 2 ** int(exp["squarings"]))
+    exp = {**exp, "coeffs": [float(c) * factor for c in exp["coeffs"]]}
+    base = protocol.name.split("@")[0]
+    return dataclasses.replace(protocol, name=f"{base}@c{lift:g}", params={**protocol.params, "exp": exp,
+                                                                          "lift": lift})
+
+
+def box_samples(bound: float, rows: int = 512):
+    """Rows as a box-bounded softmax gets them (passes/box_bound.py): within [-B, 0], each shifted below its own
+    maximum by a slack of up to 5% of B (the bound on the maximum is rarely tight)."""
+    rng = np.random.default_rng(6789)
+    x = box_rows(rng.uniform(-0.9 * bound, 0.0, (rows, ROW)) * rng.uniform(0.02, 1.0, (rows, 1)), -1)
+    return (x - rng.uniform(0.0, 0.05 * bound, (rows, 1)),)
+
+
+def box_rows(x, axis: int):
+    """Rows as a box-bounded softmax gets them where the bound is tight: shifted by their own maximum."""
+    x = np.asarray(x, np.float64)
+    return x - np.max(x, axis=axis, keepdims=True)
 
 
 def square_limit(fraction_bits: int | None = None) -> float:
