@@ -7,12 +7,14 @@ ones are covered too. Without calibration the interval is a conservative one per
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
 import runtime.protocols as protocols
 from runtime.protocols.base import op_module
+from passes.box_bound import BOX_RANGE, is_box
 from passes.calibrate import TensorStats
 
 # Wide enough for any U-Net activation or attention logit we have seen; used only without calibration data.
@@ -156,7 +158,16 @@ def _ranking_cost(protocol, shape, cost_kw: dict, attrs: dict) -> float:
         from passes.query_bounds import movable, prebound
         if movable(protocol):
             protocol = prebound(protocol)
+    if is_box(protocol):   # the box's queries take exp's input scale (passes/box_bound.py)
+        protocol = dataclasses.replace(protocol, params={**protocol.params, "prescaled": True})
     return protocol.cost(shape, **cost_kw).bytes
+
+
+def _box_fits(protocol, attrs: dict) -> bool:
+    """A box-bounded softmax applies to attention's scores whose calibrated box ranges R_i, with the margin, fit
+    its exp's range (passes/box_bound.py; wider rows would be scaled down: a temperature change)."""
+    box = attrs.get(BOX_RANGE)
+    return box is not None and box.widest * (1 + MARGIN) <= float(protocol.params["bound"])
 
 
 def choose(op: str, shape: tuple, attrs: dict, stats: TensorStats | None, budget: float,
@@ -181,6 +192,24 @@ def choose(op: str, shape: tuple, attrs: dict, stats: TensorStats | None, budget
         if candidate.knobs and candidate.knobs.conflicts(knobs_in_use):
             continue
         if not candidate.covers(*interval):
+            continue
+        if is_box(candidate):
+            if stats is None or not _box_fits(candidate, attrs):
+                continue
+            # measured on the calibrated rows shifted as the box shifts them at worst: their maximum at the
+            # largest calibrated slack below 0 (exp's polynomial errs differently deeper in its range)
+            axis, slack = attrs.get("axis", -1), attrs[BOX_RANGE].slack * (1 + MARGIN)
+            box_sets = [(op_module(op).box_rows(inputs[0], axis) - slack,) for inputs in sample_sets]
+            candidate = op_module(op).lifted(candidate, slack)
+            error = measure(candidate, op, box_sets, kwargs, fraction_bits)
+            # fixed point: a row whose maximum sits at -slack (after the lift) has entries of e^-(slack - lift),
+            # each off by a few units of the last place
+            floor = 2.0 * 2.0 ** -(fraction_bits or 18) * np.exp(max(0.0, slack - candidate.params.get("lift", 0)))
+            error = {**error, "max": error["max"] + floor}
+            if error["max"] <= budget:
+                return Choice(candidate, interval, error, _name_and_error(closest))
+            if closest is None or error["max"] < closest[1]["max"]:
+                closest = (candidate, error)
             continue
         if candidate.family == "softmax_shift":
             if stats is None:

@@ -13,7 +13,9 @@ import onnx
 from onnx import version_converter
 
 import runtime.protocols as protocols
+from passes.box_bound import BOX_RANGE, calibrated_ranges, construct, is_box
 from passes.calibrate import TensorStats, calibrate
+from passes.cleanup import remove_dead_code
 from passes.canonicalize import canonicalize
 from passes.choose import QUERY_BOUND, choose, error_curve, summaries_for
 from passes.cost import estimate_model
@@ -62,6 +64,7 @@ def rewrite(model: onnx.ModelProto, *, public_inputs=frozenset(), calibration: l
     for c in canon.canonical:
         summaries.setdefault(c.node.input[0], {}).update(summaries_for(c.pattern, c.attrs))
     stats: dict[str, TensorStats] = calibrate(model, watched, calibration, summaries) if calibration else {}
+    box_ranges = calibrated_ranges(model, _score_products(canon), calibration) if calibration else {}
     budgets = {c.node.output[0]: budget for c in canon.canonical}   # per node, by output name
     attempts: list[model_check.Attempt] = []
     checking = bool(calibration) and bool(model_error) and bool(budgets)
@@ -71,7 +74,7 @@ def rewrite(model: onnx.ModelProto, *, public_inputs=frozenset(), calibration: l
         reference = model_check.run(original, cases)
 
     def choose_under(budgets: dict[str, float]) -> _Chosen:
-        return _choose_all(canon, stats, budgets, expanded_from, fraction_bits, choices)
+        return _choose_all(canon, stats, budgets, expanded_from, fraction_bits, choices, box_ranges)
 
     def check(budgets: dict[str, float]) -> float:
         return model_check.relative_error(model_check.run(choose_under(budgets).model, cases), reference)
@@ -116,6 +119,7 @@ def rewrite(model: onnx.ModelProto, *, public_inputs=frozenset(), calibration: l
     out = fuse_attention(chosen.model, chosen.rewrites)
     out = fold_prescales(out, chosen.rewrites)
     out = bound_on_queries(out, chosen.rewrites)
+    out = remove_dead_code(out)    # the scores' MatMul of a box-bounded softmax (recomputed from scaled queries)
     report["rewrites"] = chosen.rewrites
     report["scales_hoisted"] = merged + hoisted
     report["constants_folded"] = len(folded)
@@ -142,7 +146,7 @@ class _Chosen:
     declined: list[dict]
     knobs: protocols.SpuKnobs
     base: onnx.ModelProto                       # the canonical model
-    replacements: dict[str, onnx.NodeProto]     # by output name (protobuf copies nodes)
+    replacements: dict[str, onnx.NodeProto | list[onnx.NodeProto]]   # by output name (protobuf copies nodes)
     plain: dict[str, onnx.NodeProto]            # the same nodes as SPU's own expression
     op_of: dict[str, str]
     used: list[protocols.Protocol]
@@ -162,10 +166,19 @@ class _Chosen:
         return out
 
 
+def _score_products(canon) -> dict[str, onnx.NodeProto]:
+    """The scores' MatMul of every softmax over attention scores, by the softmax's output."""
+    view = GraphView(canon.model)
+    found = {c.node.output[0]: scores_product(view, c.node)[1] for c in canon.canonical if c.pattern == "softmax"}
+    return {key: mm for key, mm in found.items() if mm is not None}
+
+
 def _choose_all(canon, stats: dict[str, TensorStats], budgets: dict[str, float], expanded_from: dict,
-                fraction_bits: int | None = None, choices: dict | None = None) -> _Chosen:
+                fraction_bits: int | None = None, choices: dict | None = None,
+                box_ranges: dict[str, float] | None = None) -> _Chosen:
     """``budgets``: the error budget of every canonical node, keyed by its output name; ``choices`` a cache of
-    earlier choices (the same node, budget and knobs in use choose the same)."""
+    earlier choices (the same node, budget and knobs in use choose the same); ``box_ranges``: the calibrated
+    box range of every softmax over attention scores (passes/box_bound.py)."""
     choices = {} if choices is None else choices
     view = GraphView(canon.model)
     knobs = protocols.SpuKnobs()
@@ -183,6 +196,8 @@ def _choose_all(canon, stats: dict[str, TensorStats], budgets: dict[str, float],
             attrs = entry.attrs
             if op == "softmax" and scores_product(view, node)[1] is not None:
                 attrs = {**attrs, QUERY_BOUND: True}     # passes/query_bounds.py will take its 2-norm bound
+                if box_ranges and key in box_ranges:
+                    attrs[BOX_RANGE] = box_ranges[key]
             choices[memo] = choose(op, shape, attrs, stats.get(node.input[0]), budgets[key], extra, knobs,
                                    fraction_bits)
         choice = choices[memo]
@@ -202,8 +217,12 @@ def _choose_all(canon, stats: dict[str, TensorStats], budgets: dict[str, float],
             continue
         chosen = choice.protocol
         knobs = knobs.merged(chosen.knobs)
+        if is_box(chosen):
+            replacements[key], chosen = construct(view, node, chosen, scores_product(view, node)[1])
+        else:
+            replacements[key] = protocols.make_node(chosen, node.input, key, node.name,
+                                                    **_op_attrs(op, entry.attrs))
         used.append(chosen)
-        replacements[key] = protocols.make_node(chosen, node.input, key, node.name, **_op_attrs(op, entry.attrs))
         after = chosen.cost(shape, **cost_kw)
         errors[key], est_bytes[key] = choice.error["max"], float(after.bytes)
         # A softmax that came out of an Attention op is reported as that attention.
@@ -219,11 +238,17 @@ def _choose_all(canon, stats: dict[str, TensorStats], budgets: dict[str, float],
             "est_rounds_before": float(before.rounds), "est_rounds_after": float(after.rounds),
             "curve": error_curve(chosen, op, choice.interval, entry.attrs),
             **({"note": choice.reason} if choice.reason else {}),
+            **({"box_bound": _box_note(box_ranges[key], chosen)} if is_box(chosen) else {}),
         })
     out = _replace_nodes(canon.model, replacements)
     protocols.add_functions(out, used)
     return _Chosen(out, rewrites, declined, knobs, canon.model, replacements, plain, op_of, used, plain_used,
                    names, errors, est_bytes)
+
+
+def _box_note(box, protocol) -> str:
+    return (f"calibrated box range R <= {box.widest:.3g} within exp's {protocol.params['bound']:.3g}, row maxima "
+            f"up to {box.slack:.3g} below the bound, exp lifted by e^{protocol.params.get('lift', 0):g}")
 
 
 def _budgets_by_op(budgets: dict[str, float], op_of: dict[str, str], start: float) -> dict[str, dict]:
@@ -316,10 +341,15 @@ def _value(view: GraphView, name: str) -> np.ndarray | None:
     return inner.reshape(target) if producer.op_type == "Reshape" else np.broadcast_to(inner, target).copy()
 
 
-def _replace_nodes(model: onnx.ModelProto, replacements: dict[str, onnx.NodeProto]) -> onnx.ModelProto:
+def _replace_nodes(model: onnx.ModelProto, replacements: dict) -> onnx.ModelProto:
+    """A copy of ``model`` with each node whose first output is a key replaced by the value: a node, or a list
+    of nodes emitted where it stood."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    nodes = [replacements.get(n.output[0], n) if n.output else n for n in model.graph.node]
+    nodes = []
+    for n in model.graph.node:
+        new = replacements.get(n.output[0], n) if n.output else n
+        nodes.extend(new if isinstance(new, list) else [new])
     del out.graph.node[:]
     out.graph.node.extend(nodes)
     return out

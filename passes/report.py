@@ -117,6 +117,11 @@ def render_markdown(report: dict) -> str:
     if bounded:
         out += ["", f"Softmax rows bounded on the queries (S = q (Kc Kc^T) q^T, no product per score): "
                     f"{len(bounded)} node(s): " + ", ".join(r["node"] for r in bounded)]
+    boxed = [r for r in report["rewrites"] if r.get("box_bound")]
+    if boxed:
+        out += ["", f"Softmax rows shifted by a bound on their maximum from the keys' bounding box (no max tree, no "
+                    f"comparison per score): {len(boxed)} node(s): " + "; ".join(f"{r['node']} ({r['box_bound']})"
+                                                                         for r in boxed)]
     missed = [r for r in report["rewrites"] if r.get("note")]
     if missed:
         out += ["", "Budget missed (the closest protocol, more accurate and cheaper than SPU's own expression):", ""]
