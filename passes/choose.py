@@ -8,6 +8,7 @@ ones are covered too. Without calibration the interval is a conservative one per
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -204,8 +205,8 @@ def choose(op: str, shape: tuple, attrs: dict, stats: TensorStats | None, budget
             error = measure(candidate, op, box_sets, kwargs, fraction_bits)
             # fixed point: a row whose maximum sits at -slack (after the lift) has entries of e^-(slack - lift),
             # each off by a few units of the last place
-            floor = 2.0 * 2.0 ** -(fraction_bits or 18) * np.exp(max(0.0, slack - candidate.params.get("lift", 0)))
-            error = {**error, "max": error["max"] + floor}
+            floor = 2.0 * 2.0 ** -(fraction_bits or 18) * math.exp(max(0.0, slack - candidate.params.get("lift", 0)))
+            error = {**error, "max": float(error["max"] + floor)}
             if error["max"] <= budget:
                 return Choice(candidate, interval, error, _name_and_error(closest))
             if closest is None or error["max"] < closest[1]["max"]:

@@ -54,6 +54,13 @@ FIT_SPECS = [
     {"lower": -32, "squarings": 5, "degree": 3, "relative": 12},
     {"lower": -48, "squarings": 5, "degree": 3, "relative": 10},
     {"lower": -64, "squarings": 6, "degree": 3, "relative": 12},
+    # one product fewer, less accurate: for the looser budgets
+    {"lower": -32, "squarings": 4, "degree": 3, "relative": 8},
+    {"lower": -32, "squarings": 4, "degree": 3, "relative": 10},
+    {"lower": -32, "squarings": 5, "degree": 2, "relative": 8},
+    {"lower": -64, "squarings": 5, "degree": 3, "relative": 10},
+    {"lower": -64, "squarings": 5, "degree": 3, "relative": 12},
+    {"lower": -64, "squarings": 6, "degree": 2, "relative": 12},
     {"taylor": 6},
     {"taylor": 8},
 ]
