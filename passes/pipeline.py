@@ -30,6 +30,7 @@ from passes.prescale import fold_prescales
 from passes.model_check import DEFAULT_MODEL_ERROR
 from passes.relax import relax
 from passes.report import add_totals, charge_estimates, empty_report
+from runtime.protocols.families import monic_form
 
 DEFAULT_BUDGET = 1e-2
 
@@ -238,7 +239,9 @@ def _choose_all(canon, stats: dict[str, TensorStats], budgets: dict[str, float],
             "est_rounds_before": float(before.rounds), "est_rounds_after": float(after.rounds),
             "curve": error_curve(chosen, op, choice.interval, entry.attrs),
             **({"note": choice.reason} if choice.reason else {}),
-            **({"box_bound": _box_note(box_ranges[key], chosen)} if is_box(chosen) else {}),
+            **({"box_bound": _box_note(box_ranges[key], chosen),
+                "prescale": f"input scale {monic_form(chosen.params['exp'])[0]:.6g} carried by the box's factor on "
+                            f"the queries"} if is_box(chosen) else {}),
         })
     out = _replace_nodes(canon.model, replacements)
     protocols.add_functions(out, used)

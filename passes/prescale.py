@@ -59,6 +59,8 @@ def _why_not(view: GraphView, node: onnx.NodeProto) -> tuple[str | None, _Fold |
     protocol = protocols.from_onnx_attributes(view.attrs(node), op_type=node.op_type)
     if protocol.family not in FAMILIES:
         return f"the {protocol.family} protocol has no exp to prescale", None
+    if protocol.params.get("prescaled"):
+        return None, None    # scaled already (a box-bounded softmax's queries carry exp's input scale)
     gamma = input_scale(protocol)
     if gamma is None:
         return "its exp has no monic form (degree above 3)", None
@@ -104,7 +106,7 @@ def fold_prescales(model: onnx.ModelProto, rewrites: list[dict]) -> onnx.ModelPr
         why, fold = _why_not(view, node)
         if fold is not None:
             folds.append(fold)
-        elif node.name in entries:
+        elif why and node.name in entries:
             entries[node.name]["prescale"] = f"the input scale stays in the protocol: {why}"
     if not folds:
         return model

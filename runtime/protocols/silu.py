@@ -59,6 +59,9 @@ FIT_SPECS = [
     # from below by B sigmoid(-B), the step to the asymptote (4.5e-4 at B = 10, 1.2e-5 at 14), so B grows too.
     {"bound": 13, "degree": 14},
     {"calibrated": 6, "bound": 12, "degree": 10},
+    # between d9 (5e-4) and d14 (4.7e-5): the steps the check and relax take on budgets of ~1e-4
+    {"bound": 11, "degree": 10},
+    {"bound": 12, "degree": 11},
 ]
 
 
