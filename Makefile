@@ -40,13 +40,18 @@ bench-large: $(VENV)/.installed
 	mkdir -p out/bench
 	$(PY) -m tools.cli bench $(BENCH_LARGE).onnx --inputs $(BENCH_LARGE).npz --calibration $(BENCH_LARGE).calib.npz --repeats 2 --json out/bench/ddpm_cifar10.json --markdown
 
-# The trained MNIST U-Net the demo samples with (docs/bench.md): calibrated on one DDIM trajectory (seed 1000),
-# benched on another's step at t = 473 (seed 0, case 10). About 12 minutes.
+# The trained MNIST U-Nets (docs/bench.md): the demo's (base 16, class labels) and the CipherDM architecture's
+# (base 4, unconditional; models/mnist_base4, `python -m models.train_mnist --base-channels 4 --unconditional
+# --threads 1 --out models/mnist_base4`, 5 minutes). Each calibrated on one DDIM trajectory (seed 1000), benched
+# on another's step at t = 473 (seed 0, case 10). About 20 minutes.
 bench-trained: $(VENV)/.installed
 	mkdir -p out/bench
 	$(PY) -m tools.cli trajectory models/mnist/mnist_unet.onnx --steps 20 --seed 1000 -o out/bench/mnist_trained.calib.npz
 	$(PY) -m tools.cli trajectory models/mnist/mnist_unet.onnx --steps 20 --seed 0 -o out/bench/mnist_trained.traj.npz
 	$(PY) -m tools.cli bench models/mnist/mnist_unet.onnx --inputs out/bench/mnist_trained.traj.npz --case 10 --calibration out/bench/mnist_trained.calib.npz --public timestep --repeats 2 --json out/bench/mnist_trained.json --markdown
+	$(PY) -m tools.cli trajectory models/mnist_base4/mnist_unet.onnx --steps 20 --seed 1000 -o out/bench/mnist_base4.calib.npz
+	$(PY) -m tools.cli trajectory models/mnist_base4/mnist_unet.onnx --steps 20 --seed 0 -o out/bench/mnist_base4.traj.npz
+	$(PY) -m tools.cli bench models/mnist_base4/mnist_unet.onnx --inputs out/bench/mnist_base4.traj.npz --case 10 --calibration out/bench/mnist_base4.calib.npz --public timestep --repeats 2 --json out/bench/mnist_base4.json --markdown
 
 clean:
 	rm -rf out build *.egg-info
