@@ -152,16 +152,23 @@ def measure(protocol: protocols.Protocol, op: str, sample_sets: list[tuple], kwa
 
 
 def _ranking_cost(protocol, shape, cost_kw: dict, attrs: dict) -> float:
-    """Estimated bytes, at what the node will cost after the passes that follow the choice: a 2-norm bounded
-    softmax on attention's scores (``QUERY_BOUND``) has its bound moved onto the queries (passes/query_bounds.py;
-    its per-query products are small against the scores and are left out of the ranking)."""
+    """Estimated bytes, at what the node will cost after the passes that follow the choice. On attention's scores
+    (``QUERY_BOUND``): a 2-norm bounded softmax has its bound moved onto the queries (passes/query_bounds.py; its
+    per-query products are small against the scores and are left out), exp's input scale goes onto the queries
+    (passes/prescale.py, or the box's factor), and a box-bounded softmax recomputes the scores from the scaled
+    queries (one more product per score: passes/box_bound.py)."""
+    extra = 0.0
     if attrs.get(QUERY_BOUND):
+        from passes.prescale import input_scale
         from passes.query_bounds import movable, prebound
         if movable(protocol):
             protocol = prebound(protocol)
-    if is_box(protocol):   # the box's queries take exp's input scale (passes/box_bound.py)
-        protocol = dataclasses.replace(protocol, params={**protocol.params, "prescaled": True})
-    return protocol.cost(shape, **cost_kw).bytes
+        if input_scale(protocol) is not None:
+            protocol = dataclasses.replace(protocol, params={**protocol.params, "prescaled": True})
+        if is_box(protocol):
+            from runtime.protocols.cost_model import load_table
+            extra = load_table().primitive("dot")[0] * float(np.prod(shape))
+    return protocol.cost(shape, **cost_kw).bytes + extra
 
 
 def _box_fits(protocol, attrs: dict) -> bool:
