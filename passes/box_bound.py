@@ -30,7 +30,7 @@ import onnx
 from onnx import helper
 
 import runtime.protocols as protocols
-from passes.graph_view import GraphView, charge_to, public_constant
+from passes.graph_view import charge_to, public_constant
 from runtime.protocols.families import monic_form
 
 # attrs key the pipeline sets on a softmax over attention scores: the calibrated rows' largest R_i and largest slack
@@ -87,7 +87,7 @@ def calibrated_ranges(model: onnx.ModelProto, products: dict[str, onnx.NodeProto
     return {key: BoxRange(widest[key], slack[key]) for key in products}
 
 
-def construct(view: GraphView, node: onnx.NodeProto, protocol: protocols.Protocol,
+def construct(node: onnx.NodeProto, protocol: protocols.Protocol,
               matmul: onnx.NodeProto) -> tuple[list[onnx.NodeProto], protocols.Protocol]:
     """The nodes that replace the softmax ``node`` (the scores' MatMul is left unused: the rows are recomputed from
     the scaled queries), and the protocol its node runs (prescaled)."""

@@ -178,6 +178,20 @@ def _box_fits(protocol, attrs: dict) -> bool:
     return box is not None and box.widest * (1 + MARGIN) <= float(protocol.params["bound"])
 
 
+def _measure_box(candidate, op: str, sample_sets: list[tuple], attrs: dict, kwargs: dict,
+                 fraction_bits: int | None) -> tuple:
+    """(the node's form of a box-bounded softmax, its error): lifted by the calibrated slack, measured on the
+    calibrated rows shifted as the box shifts them at worst (their maximum at the largest calibrated slack below 0,
+    where exp's polynomial errs differently), plus the fixed-point floor of such a row: entries of
+    e^-(slack - lift), each off by a few units of the last place."""
+    axis, slack = attrs.get("axis", -1), attrs[BOX_RANGE].slack * (1 + MARGIN)
+    form = op_module(op).lifted(candidate, slack)
+    error = measure(form, op, [(op_module(op).box_rows(inputs[0], axis) - slack,) for inputs in sample_sets],
+                    kwargs, fraction_bits)
+    floor = 2.0 * 2.0 ** -(fraction_bits or 18) * math.exp(max(0.0, slack - form.params.get("lift", 0.0)))
+    return form, {**error, "max": float(error["max"] + floor)}
+
+
 def choose(op: str, shape: tuple, attrs: dict, stats: TensorStats | None, budget: float,
            extra_inputs: list[np.ndarray], knobs_in_use: protocols.SpuKnobs,
            fraction_bits: int | None = None) -> Choice:
@@ -204,34 +218,21 @@ def choose(op: str, shape: tuple, attrs: dict, stats: TensorStats | None, budget
         if is_box(candidate):
             if stats is None or not _box_fits(candidate, attrs):
                 continue
-            # measured on the calibrated rows shifted as the box shifts them at worst: their maximum at the
-            # largest calibrated slack below 0 (exp's polynomial errs differently deeper in its range)
-            axis, slack = attrs.get("axis", -1), attrs[BOX_RANGE].slack * (1 + MARGIN)
-            box_sets = [(op_module(op).box_rows(inputs[0], axis) - slack,) for inputs in sample_sets]
-            candidate = op_module(op).lifted(candidate, slack)
-            error = measure(candidate, op, box_sets, kwargs, fraction_bits)
-            # fixed point: a row whose maximum sits at -slack (after the lift) has entries of e^-(slack - lift),
-            # each off by a few units of the last place
-            floor = 2.0 * 2.0 ** -(fraction_bits or 18) * math.exp(max(0.0, slack - candidate.params.get("lift", 0)))
-            error = {**error, "max": float(error["max"] + floor)}
-            if error["max"] <= budget:
-                return Choice(candidate, interval, error, _name_and_error(closest))
-            if closest is None or error["max"] < closest[1]["max"]:
-                closest = (candidate, error)
-            continue
-        if candidate.family == "softmax_shift":
-            if stats is None:
-                continue  # its shift U is a bound on the rows' max - mean: without calibration there is none
-            candidate = op_module(op).specialize(candidate, stats.cases, attrs.get("axis", -1),
-                                                 _summaries(op, stats, attrs))
-            if candidate is None:
-                continue  # the rows' max - mean is too large for a shift without the max
-        forms = [candidate]
-        if hasattr(op_module(op), "specialize_shape"):
-            # this node's forms of the candidate (its shape, its calibrated range), the preferred first
-            forms = op_module(op).specialize_shape(candidate, shape, attrs, interval, fraction_bits)
-        for form in forms:
-            error = measure(form, op, sample_sets, kwargs, fraction_bits)
+            measured = [_measure_box(candidate, op, sample_sets, attrs, kwargs, fraction_bits)]
+        else:
+            if candidate.family == "softmax_shift":
+                if stats is None:
+                    continue  # its shift U is a bound on the rows' max - mean: without calibration there is none
+                candidate = op_module(op).specialize(candidate, stats.cases, attrs.get("axis", -1),
+                                                     _summaries(op, stats, attrs))
+                if candidate is None:
+                    continue  # the rows' max - mean is too large for a shift without the max
+            forms = [candidate]
+            if hasattr(op_module(op), "specialize_shape"):
+                # this node's forms of the candidate (its shape, its calibrated range), the preferred first
+                forms = op_module(op).specialize_shape(candidate, shape, attrs, interval, fraction_bits)
+            measured = ((form, measure(form, op, sample_sets, kwargs, fraction_bits)) for form in forms)
+        for form, error in measured:
             if error["max"] <= budget:
                 return Choice(form, interval, error, _name_and_error(closest))
             if closest is None or error["max"] < closest[1]["max"]:

@@ -219,7 +219,7 @@ def _choose_all(canon, stats: dict[str, TensorStats], budgets: dict[str, float],
         chosen = choice.protocol
         knobs = knobs.merged(chosen.knobs)
         if is_box(chosen):
-            replacements[key], chosen = construct(view, node, chosen, scores_product(view, node)[1])
+            replacements[key], chosen = construct(node, chosen, scores_product(view, node)[1])
         else:
             replacements[key] = protocols.make_node(chosen, node.input, key, node.name,
                                                     **_op_attrs(op, entry.attrs))
