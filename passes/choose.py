@@ -153,10 +153,10 @@ def measure(protocol: protocols.Protocol, op: str, sample_sets: list[tuple], kwa
 
 def _ranking_cost(protocol, shape, cost_kw: dict, attrs: dict) -> float:
     """Estimated bytes, at what the node will cost after the passes that follow the choice. On attention's scores
-    (``QUERY_BOUND``): a 2-norm bounded softmax has its bound moved onto the queries (passes/query_bounds.py; its
-    per-query products are small against the scores and are left out), exp's input scale goes onto the queries
-    (passes/prescale.py, or the box's factor), and a box-bounded softmax recomputes the scores from the scaled
-    queries (one more product per score: passes/box_bound.py)."""
+    (``QUERY_BOUND``): a 2-norm bounded softmax has its bound moved onto the queries (passes/query_bounds.py), exp's
+    input scale goes onto the queries (passes/prescale.py, or the box's factor), and a box-bounded softmax adds its
+    factor per row (a reciprocal and a comparison; passes/box_bound.py: its scores replace the original product).
+    The per-query and per-key products of both bounds are small against the scores and are left out."""
     extra = 0.0
     if attrs.get(QUERY_BOUND):
         from passes.prescale import input_scale
@@ -167,7 +167,10 @@ def _ranking_cost(protocol, shape, cost_kw: dict, attrs: dict) -> float:
             protocol = dataclasses.replace(protocol, params={**protocol.params, "prescaled": True})
         if is_box(protocol):
             from runtime.protocols.cost_model import load_table
-            extra = load_table().primitive("dot")[0] * float(np.prod(shape))
+            table = load_table()
+            rows = float(np.prod(shape[:-1]))
+            extra = rows * (table.native("reciprocal", None)[0] + table.primitive("compare")[0]
+                            + table.primitive("select")[0])
     return protocol.cost(shape, **cost_kw).bytes + extra
 
 
