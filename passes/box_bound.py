@@ -62,18 +62,10 @@ def calibrated_ranges(model: onnx.ModelProto, products: dict[str, onnx.NodeProto
     MatMul ``products[key]``: the float model runs once per case with the MatMuls' operands as extra outputs."""
     if not products or not cases:
         return {}
-    import onnxruntime as ort
+    from passes.calibrate import probe_session
 
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
     wanted = sorted({name for mm in products.values() for name in mm.input})
-    have = {o.name for o in probe.graph.output}
-    for name in wanted:
-        if name not in have:
-            probe.graph.output.append(helper.make_empty_tensor_value_info(name))
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session, _ = probe_session(model, wanted)
     inputs = {i.name for i in session.get_inputs()}
     widest = {key: 0.0 for key in products}
     slack = dict(widest)

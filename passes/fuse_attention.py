@@ -72,24 +72,20 @@ def fuse_attention(model: onnx.ModelProto, rewrites: list[dict]) -> onnx.ModelPr
         out = matmul.output[0]
         product, total, inverse = f"{out}/unnormalized", f"{e_name}/row_sum", f"{e_name}/row_reciprocal"
         axes = f"{e_name}/axes"
+        # e comes scaled by e^lift from a lifted protocol (softmax.box, for precision): the row sum and the product
+        # drop it again, so the reciprocal is taken of a sum of at most n and the result keeps its precision
         lift = float(protocol.params.get("lift", 0.0))
+        row_sum, normal = (f"{e_name}/lifted_row_sum", f"{out}/lifted") if lift else (total, out)
+        normalize = [helper.make_node("ReduceSum", [e_name, axes], [row_sum], name=f"{node.name}/row_sum",
+                                      keepdims=1)]
         if lift:
-            # e comes scaled by e^lift (a box-bounded softmax, for precision): both the row sum and the product
-            # lose it again, so the reciprocal is taken of a sum of at most n and the result keeps its precision
-            down, lifted_total, lifted_product = f"{e_name}/unlift", f"{e_name}/lifted_row_sum", f"{out}/lifted"
-            normalize = [
-                public_constant(down, np.array(np.exp(-lift), np.float32)),
-                helper.make_node("ReduceSum", [e_name, axes], [lifted_total], name=f"{node.name}/row_sum",
-                                 keepdims=1),
-                helper.make_node("Mul", [lifted_total, down], [total], name=f"{node.name}/row_sum_unlift"),
-                helper.make_node("Reciprocal", [total], [inverse], name=f"{node.name}/row_reciprocal"),
-                helper.make_node("Mul", [product, inverse], [lifted_product], name=f"{matmul.name}/normalize"),
-                helper.make_node("Mul", [lifted_product, down], [out], name=f"{matmul.name}/unlift")]
-        else:
-            normalize = [
-                helper.make_node("ReduceSum", [e_name, axes], [total], name=f"{node.name}/row_sum", keepdims=1),
-                helper.make_node("Reciprocal", [total], [inverse], name=f"{node.name}/row_reciprocal"),
-                helper.make_node("Mul", [product, inverse], [out], name=f"{matmul.name}/normalize")]
+            down = f"{e_name}/unlift"
+            normalize += [public_constant(down, np.array(np.exp(-lift), np.float32)),
+                          helper.make_node("Mul", [row_sum, down], [total], name=f"{node.name}/row_sum_unlift")]
+        normalize += [helper.make_node("Reciprocal", [total], [inverse], name=f"{node.name}/row_reciprocal"),
+                      helper.make_node("Mul", [product, inverse], [normal], name=f"{matmul.name}/normalize")]
+        if lift:
+            normalize.append(helper.make_node("Mul", [normal, down], [out], name=f"{matmul.name}/unlift"))
         by_output[out] = [
             helper.make_node("MatMul", [e_name, matmul.input[1]], [product], name=matmul.name),
             *charge_to(node.name, [public_constant(axes, np.array([-1], np.int64)), *normalize]),

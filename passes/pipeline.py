@@ -13,7 +13,7 @@ import onnx
 from onnx import version_converter
 
 import runtime.protocols as protocols
-from passes.box_bound import BOX_RANGE, calibrated_ranges, construct, is_box
+from passes.box_bound import BOX_RANGE, BoxRange, calibrated_ranges, construct, is_box
 from passes.calibrate import TensorStats, calibrate
 from passes.cleanup import remove_dead_code
 from passes.canonicalize import canonicalize
@@ -23,7 +23,7 @@ from passes.expand_attention import EXPANDED_FROM, expand_attention
 from passes.fuse_attention import fuse_attention
 from passes.query_bounds import bound_on_queries, scores_product
 from passes import model_check
-from passes.graph_view import GraphView
+from passes.graph_view import GraphView, with_replacements
 from passes.fold_constants import fold_constants
 from passes.hoist_scale import hoist_scales, merge_operand_scales
 from passes.prescale import fold_prescales
@@ -147,7 +147,7 @@ class _Chosen:
     declined: list[dict]
     knobs: protocols.SpuKnobs
     base: onnx.ModelProto                       # the canonical model
-    replacements: dict[str, onnx.NodeProto | list[onnx.NodeProto]]   # by output name (protobuf copies nodes)
+    replacements: dict[str, list[onnx.NodeProto]]   # by output name: the node(s) in its place (protobuf copies)
     plain: dict[str, onnx.NodeProto]            # the same nodes as SPU's own expression
     op_of: dict[str, str]
     used: list[protocols.Protocol]
@@ -161,10 +161,8 @@ class _Chosen:
 
     def only(self, keys: set[str]) -> onnx.ModelProto:
         """The model with only these nodes rewritten (the rest as their plain expressions)."""
-        mixed = {k: (v if k in keys else self.plain[k]) for k, v in self.replacements.items()}
-        out = _replace_nodes(self.base, mixed)
-        protocols.add_functions(out, self.used + self.plain_used)
-        return out
+        mixed = {k: (v if k in keys else [self.plain[k]]) for k, v in self.replacements.items()}
+        return with_replacements(self.base, mixed, self.used + self.plain_used)
 
 
 def _score_products(canon) -> dict[str, onnx.NodeProto]:
@@ -176,7 +174,7 @@ def _score_products(canon) -> dict[str, onnx.NodeProto]:
 
 def _choose_all(canon, stats: dict[str, TensorStats], budgets: dict[str, float], expanded_from: dict,
                 fraction_bits: int | None = None, choices: dict | None = None,
-                box_ranges: dict[str, float] | None = None) -> _Chosen:
+                box_ranges: dict[str, BoxRange] | None = None) -> _Chosen:
     """``budgets``: the error budget of every canonical node, keyed by its output name; ``choices`` a cache of
     earlier choices (the same node, budget and knobs in use choose the same); ``box_ranges``: the calibrated
     box range of every softmax over attention scores (passes/box_bound.py)."""
@@ -212,7 +210,7 @@ def _choose_all(canon, stats: dict[str, TensorStats], budgets: dict[str, float],
         est_bytes[key] = float(before.bytes)
         if choice.protocol is None:
             used.append(direct)
-            replacements[key] = plain[key]
+            replacements[key] = [plain[key]]
             declined.append({"pattern": op, "nodes": entry.original,
                              "reason": f"{choice.reason}; kept SPU's own expression"})
             continue
@@ -221,8 +219,8 @@ def _choose_all(canon, stats: dict[str, TensorStats], budgets: dict[str, float],
         if is_box(chosen):
             replacements[key], chosen = construct(node, chosen, scores_product(view, node)[1])
         else:
-            replacements[key] = protocols.make_node(chosen, node.input, key, node.name,
-                                                    **_op_attrs(op, entry.attrs))
+            replacements[key] = [protocols.make_node(chosen, node.input, key, node.name,
+                                                     **_op_attrs(op, entry.attrs))]
         used.append(chosen)
         after = chosen.cost(shape, **cost_kw)
         errors[key], est_bytes[key] = choice.error["max"], float(after.bytes)
@@ -243,8 +241,7 @@ def _choose_all(canon, stats: dict[str, TensorStats], budgets: dict[str, float],
                 "prescale": f"input scale {monic_form(chosen.params['exp'])[0]:.6g} carried by the box's factor on "
                             f"the queries"} if is_box(chosen) else {}),
         })
-    out = _replace_nodes(canon.model, replacements)
-    protocols.add_functions(out, used)
+    out = with_replacements(canon.model, replacements, used)
     return _Chosen(out, rewrites, declined, knobs, canon.model, replacements, plain, op_of, used, plain_used,
                    names, errors, est_bytes)
 
@@ -342,17 +339,3 @@ def _value(view: GraphView, name: str) -> np.ndarray | None:
         return None
     target = tuple(int(d) for d in target)
     return inner.reshape(target) if producer.op_type == "Reshape" else np.broadcast_to(inner, target).copy()
-
-
-def _replace_nodes(model: onnx.ModelProto, replacements: dict) -> onnx.ModelProto:
-    """A copy of ``model`` with each node whose first output is a key replaced by the value: a node, or a list
-    of nodes emitted where it stood."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    nodes = []
-    for n in model.graph.node:
-        new = replacements.get(n.output[0], n) if n.output else n
-        nodes.extend(new if isinstance(new, list) else [new])
-    del out.graph.node[:]
-    out.graph.node.extend(nodes)
-    return out

@@ -158,10 +158,21 @@ def softmax_max(bk, protocol, inputs, axis=-1, **kw):
     x = inputs[0]
     shifted = bk.sub(x, bk.reduce_max(x, axis))    # max(gamma x) = gamma max(x): prescaling commutes
     e = exp_square_eval(bk, protocol.params["exp"], shifted, prescaled=bool(protocol.params.get("prescaled")))
+    return normalized(bk, protocol, e, axis)   # (the row sum is >= 1: the row maximum contributes exactly 1)
+
+
+def normalized(bk, protocol, e, axis):
+    """e / rowsum(e): one reciprocal per row, one multiply per element; e itself when the protocol is normalised
+    after the value MatMul (``normalize`` false: passes/fuse_attention.py). With ``lift`` c, e comes as e^c exp(x)
+    (softmax.box, for precision in fixed point): the row sum and the result drop e^c again, so the reciprocal is
+    taken of a sum of at most n and the result keeps its precision."""
     if not protocol.params.get("normalize", True):
-        return e   # normalised after the value MatMul (passes/fuse_attention.py)
-    total = bk.reduce_sum(e, axis)                   # >= 1: the row maximum contributes exactly 1
-    return bk.mul(e, bk.native("reciprocal", total))  # one reciprocal per row, one multiply per element
+        return e
+    lift = float(protocol.params.get("lift", 0.0))
+    total = bk.reduce_sum(e, axis)
+    if not lift:
+        return bk.mul(e, bk.native("reciprocal", total))
+    return bk.scale(bk.mul(e, bk.native("reciprocal", bk.scale(total, math.exp(-lift)))), math.exp(-lift))
 
 
 @family("softmax_shift")
@@ -177,15 +188,8 @@ def softmax_shift(bk, protocol, inputs, axis=-1, **kw):
         # the rows arrive shifted by an upper bound on their maximum and within [-bound, 0] (passes/box_bound.py
         # computed both from the queries and keys): exp's polynomial needs neither the mean nor a clip. With
         # ``lift`` c its coefficients carry e^(c / 2^k), so e = e^c exp(x): a row whose maximum sits far below 0
-        # keeps its precision in fixed point; the row sum and the result drop e^c again.
-        e = exp_square_eval(bk, protocol.params["exp"], x, prescaled=prescaled)
-        if not protocol.params.get("normalize", True):
-            return e
-        lift = float(protocol.params.get("lift", 0.0))
-        if not lift:
-            return bk.mul(e, bk.native("reciprocal", bk.reduce_sum(e, axis)))
-        inverse = bk.native("reciprocal", bk.scale(bk.reduce_sum(e, axis), math.exp(-lift)))
-        return bk.scale(bk.mul(e, inverse), math.exp(-lift))
+        # keeps its precision in fixed point (``normalized`` drops e^c again).
+        return normalized(bk, protocol, exp_square_eval(bk, protocol.params["exp"], x, prescaled=prescaled), axis)
     centered = bk.sub(x, bk.mean(x, axis))
     if clip == "bound":
         norm = int(protocol.params.get("norm", 2))
@@ -200,10 +204,7 @@ def softmax_shift(bk, protocol, inputs, axis=-1, **kw):
     # the rows come bounded already (passes/query_bounds.py scaled the queries).
     saturate = clip == "both"
     e = exp_square_eval(bk, protocol.params["exp"], shifted, saturate=saturate, prescaled=prescaled)
-    if not protocol.params.get("normalize", True):
-        return e   # normalised after the value MatMul (passes/fuse_attention.py)
-    total = bk.reduce_sum(e, axis)
-    return bk.mul(e, bk.native("reciprocal", total))
+    return normalized(bk, protocol, e, axis)
 
 
 def zero_row_guard(bound: float) -> float:
