@@ -66,6 +66,13 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def output_folder_problems(outputs) -> list[str]:
+    """One problem per ``(flag, path)`` whose folder does not exist (a None path is an output not asked for), so a
+    command names them before its work starts instead of failing at the end."""
+    return [f"{flag} {path}: folder {Path(path).parent} does not exist" for flag, path in outputs
+            if path and not Path(path).resolve().parent.exists()]
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, suffix: str = ""):
     """Yield a temporary path next to ``path``; it is renamed to ``path`` only if the block succeeds."""

@@ -190,3 +190,26 @@ def test_failed_compile_leaves_no_files(tmp_path, tiny):
     assert list(tmp_path.iterdir()) == []
     assert cli(["compile", str(folder / "tiny.onnx"), "-o", str(tmp_path / "missing_dir" / "x.cdm")]) == 2
     assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_output_folders_are_named_before_any_work(tmp_path, tiny, capsys, monkeypatch):
+    folder, _, _ = tiny
+    import compiler.spu_compile as spu_compile
+
+    def must_not_compile(*args, **kwargs):
+        raise AssertionError("compiled although the output folders do not exist")
+
+    monkeypatch.setattr(spu_compile, "compile_model", must_not_compile)
+    status = cli(["compile", str(folder / "tiny.onnx"), "-o", str(tmp_path / "a" / "x.cdm"),
+                  "--weights-out", str(tmp_path / "b" / "x.npz")])
+    text = capsys.readouterr().err
+    assert status == 2 and f"folder {tmp_path / 'a'} does not exist" in text
+    assert f"folder {tmp_path / 'b'} does not exist" in text
+
+    status = cli(["run", str(folder / "tiny.cdm"), "--weights", str(folder / "tiny.weights.npz"), "--inputs",
+                  str(folder / "inputs.npz"), "-o", str(tmp_path / "c" / "o.npz"), "--metrics",
+                  str(tmp_path / "d" / "m.json"), "--mode", "sim"])
+    text = capsys.readouterr().err
+    assert status == 2 and f"folder {tmp_path / 'c'} does not exist" in text
+    assert f"folder {tmp_path / 'd'} does not exist" in text
+    assert list(tmp_path.iterdir()) == []

@@ -38,7 +38,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from compiler.artifact import load_npz
+    from compiler.artifact import load_npz, output_folder_problems
     from compiler.errors import CipherdmError
     from compiler.loader import parse_input_shapes
     from tools.benchmark import render_text, run_benchmark, select_case, write_json
@@ -72,6 +72,7 @@ def run(args) -> int:
                 calibration = data
     if args.case is not None and not args.inputs:
         problems.append("--case picks a case of --inputs, which is missing")
+    problems += output_folder_problems((("--json", args.json),))
     if problems:
         raise CipherdmError("cannot run the benchmark", problems)
 

@@ -45,7 +45,7 @@ def default_weights_path(program: str) -> Path:
 
 
 def run(args) -> int:
-    from compiler.artifact import write_artifact, write_weights
+    from compiler.artifact import output_folder_problems, write_artifact, write_weights
     from compiler.errors import CipherdmError
     from compiler.loader import parse_input_shapes
     from compiler.spu_compile import compile_model
@@ -67,6 +67,7 @@ def run(args) -> int:
     auto_bits = args.fxp_bits == "auto"
     if not auto_bits and not str(args.fxp_bits).isdigit():
         problems.append(f"--fxp-bits must be a number of bits or auto, got {args.fxp_bits!r}")
+    problems += output_folder_problems((("-o", args.output), ("--weights-out", weights_out)))
     if problems:
         raise CipherdmError("bad compile options", problems)
     calibration = load_npz(args.calibration, "calibration data") if args.calibration else None

@@ -24,7 +24,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from compiler.artifact import read_artifact, read_inputs, read_weights, save_npz
+    from compiler.artifact import output_folder_problems, read_artifact, read_inputs, read_weights, save_npz
     from runtime.metrics import plaintext_metrics, render_table, secure_metrics, write_metrics
 
     start = time.perf_counter()
@@ -40,6 +40,7 @@ def run(args) -> int:
         inputs = read_inputs(args.inputs, artifact)
     except CipherdmError as exc:
         problems.append(str(exc))
+    problems += output_folder_problems((("-o", args.output), ("--metrics", args.metrics)))
     if problems:
         raise CipherdmError("cannot run the program", problems)
 

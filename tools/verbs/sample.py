@@ -78,7 +78,7 @@ def _settings(args, program_batch: int | None):
 
 def _prepare(args):
     """Read and check everything first: one error naming every problem, before anything runs."""
-    from compiler.artifact import read_artifact, read_weights
+    from compiler.artifact import output_folder_problems, read_artifact, read_weights
     from compiler.errors import CipherdmError
     from runtime.secure_sampler import (MODES as RUN_MODES, SamplerError, check_request, parse_labels,
                                         read_condition, read_null_condition)
@@ -103,9 +103,8 @@ def _prepare(args):
         problems.append(f"weights file {args.weights} does not exist")
     if not args.output:
         problems.append("-o/--output is missing: the PNG grid to write")
-    for flag, path in (("-o", args.output), ("--metrics", args.metrics), ("--save-samples", args.save_samples)):
-        if path and not Path(path).resolve().parent.exists():
-            problems.append(f"{flag} {path}: folder {Path(path).parent} does not exist")
+    problems += output_folder_problems((("-o", args.output), ("--metrics", args.metrics),
+                                        ("--save-samples", args.save_samples)))
     program_batch = None
     signature = layout = labels = None
     if artifact is not None:

@@ -36,7 +36,7 @@ def run(args) -> int:
     import numpy as np
     from onnx import numpy_helper
 
-    from compiler.artifact import save_npz
+    from compiler.artifact import output_folder_problems, save_npz
     from compiler.loader import graph_inputs, load_model, parse_input_shapes
     from compiler.lowering import is_weight, spec_of
     from compiler.spu_compile import MODEL_OWNER, USER, ArgSpec
@@ -61,6 +61,7 @@ def run(args) -> int:
             guidance_layout(signature, settings)
         except SamplerError as exc:
             problems.append(exc.summary)
+    problems += output_folder_problems((("-o", args.output),))
     if problems:
         raise SamplerError("cannot record a trajectory", problems)
     labels = parse_labels(args.label, settings.batch, signature.num_classes)
