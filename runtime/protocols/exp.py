@@ -61,6 +61,12 @@ FIT_SPECS = [
     {"lower": -64, "squarings": 5, "degree": 3, "relative": 10},
     {"lower": -64, "squarings": 5, "degree": 3, "relative": 12},
     {"lower": -64, "squarings": 6, "degree": 2, "relative": 12},
+    # the same product counts further out: four squarings of a cubic hold to L = -40 (1.4e-3 relative at S = 10;
+    # 4.9 at -44), five of a quadratic to -56 (3.7e-3 at S = 8; the fit is the same from L = -32 on)
+    {"lower": -40, "squarings": 4, "degree": 3, "relative": 10},
+    {"lower": -40, "squarings": 4, "degree": 3, "relative": 12},
+    {"lower": -56, "squarings": 5, "degree": 2, "relative": 8},
+    {"lower": -56, "squarings": 5, "degree": 2, "relative": 10},
     {"taylor": 6},
     {"taylor": 8},
 ]

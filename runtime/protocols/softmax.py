@@ -73,7 +73,8 @@ BOUND_EXPS = ("exp.sq.l8.k2.d2", "exp.sq.l8.k2.d3", "exp.sq.l12.k2.d3", "exp.sq.
 # (relative fits: a row's maximum sits below 0 by the bound's slack, and its large entries must stay accurate)
 BOX_EXPS = ("exp.sq.l16.k4.d3.r6", "exp.sq.l24.k4.d3.r6", "exp.sq.l32.k5.d3.r8", "exp.sq.l32.k5.d3.r12",
             "exp.sq.l48.k5.d3.r10", "exp.sq.l64.k6.d3.r12", "exp.sq.l32.k4.d3.r8", "exp.sq.l32.k4.d3.r10",
-            "exp.sq.l32.k5.d2.r8", "exp.sq.l64.k5.d3.r10", "exp.sq.l64.k5.d3.r12", "exp.sq.l64.k6.d2.r12")
+            "exp.sq.l32.k5.d2.r8", "exp.sq.l64.k5.d3.r10", "exp.sq.l64.k5.d3.r12", "exp.sq.l64.k6.d2.r12",
+            "exp.sq.l40.k4.d3.r10", "exp.sq.l40.k4.d3.r12", "exp.sq.l56.k5.d2.r8", "exp.sq.l56.k5.d2.r10")
 # B + U stays this fraction inside exp's range: the rsqrt that scales a row down errs by ~3e-3 (relative)
 BOUND_ROOM = 0.98
 FIT_SPECS = [{"exp": name} for name in EXP_CHOICES] + [
