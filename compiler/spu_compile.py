@@ -80,7 +80,8 @@ class RewriteResult:
 def rewrite_for_mpc(model: onnx.ModelProto, config: SecureConfig, mode: str = "cipherdm",
                     public: tuple[str, ...] = (), calibration: list[dict] | None = None,
                     budget: float | None = None, calibration_source: str | None = None,
-                    model_error: float | None = None, auto_fraction_bits: bool = False) -> RewriteResult:
+                    model_error: float | None = None, auto_fraction_bits: bool = False,
+                    network=None) -> RewriteResult:
     """Run the MPC rewrite passes (``passes.pipeline``) and fold the SPU knobs they need into the config.
 
     ``mode == "direct"`` compiles the graph as it is, the baseline every rewrite is measured against; its report
@@ -89,7 +90,8 @@ def rewrite_for_mpc(model: onnx.ModelProto, config: SecureConfig, mode: str = "c
     ``model_error`` (max abs output error / output std on the calibration cases, 0 = no check) bounds the whole
     model's float error by tightening the budgets where needed (passes/model_check.py). ``auto_fraction_bits``:
     the fixed-point fraction bits are chosen from the calibrated value range (passes/fixed_point.py), recorded in
-    the report; without calibration the config's bits stay.
+    the report; without calibration the config's bits stay. ``network`` (a passes.network.Network): rank the
+    protocols by their estimated time on it instead of by bytes.
     """
     from passes.pipeline import DEFAULT_BUDGET, DEFAULT_MODEL_ERROR, direct_report, rewrite
 
@@ -105,7 +107,7 @@ def rewrite_for_mpc(model: onnx.ModelProto, config: SecureConfig, mode: str = "c
         result = rewrite(model, public_inputs=set(public), calibration=calibration,
                          budget=DEFAULT_BUDGET if budget is None else budget, calibration_source=calibration_source,
                          model_error=DEFAULT_MODEL_ERROR if model_error is None else model_error,
-                         fraction_bits=int(config.fxp_bits))
+                         fraction_bits=int(config.fxp_bits), network=network)
     result.report.update(fixed_point_note)
     if result.knobs.runtime:
         config = config.with_runtime(**result.knobs.runtime)
@@ -228,7 +230,7 @@ def compile_model(model: onnx.ModelProto | str, *, input_shapes=None, public=(),
                   config: SecureConfig | None = None, name: str | None = None,
                   calibration: dict[str, np.ndarray] | None = None, budget: float | None = None,
                   calibration_source: str | None = None, model_error: float | None = None,
-                  auto_fraction_bits: bool = False) -> CompiledProgram:
+                  auto_fraction_bits: bool = False, network=None) -> CompiledProgram:
     """Load (a path or a ModelProto, with compiler.load_model), rewrite, lower and compile.
 
     ``public`` names the inputs every party knows; ``rewrites`` is "direct" (no MPC rewrites) or "cipherdm".
@@ -251,7 +253,7 @@ def compile_model(model: onnx.ModelProto | str, *, input_shapes=None, public=(),
         from passes.calibrate import split_cases
         cases = split_cases(calibration, [spec_of(vi) for vi in graph_inputs(prepared)])
     rewritten = rewrite_for_mpc(prepared, config, rewrites, tuple(public), cases, budget, calibration_source,
-                                model_error, auto_fraction_bits)
+                                model_error, auto_fraction_bits, network)
     config = rewritten.config
     timings["rewrite"] = time.perf_counter() - start - timings["load"]
 

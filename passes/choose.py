@@ -17,6 +17,7 @@ import runtime.protocols as protocols
 from runtime.protocols.base import op_module
 from passes.box_bound import BOX_RANGE, is_box
 from passes.calibrate import TensorStats
+from passes.network import Network
 
 # Wide enough for any U-Net activation or attention logit we have seen; used only without calibration data.
 CONSERVATIVE_INTERVALS = {
@@ -151,13 +152,15 @@ def measure(protocol: protocols.Protocol, op: str, sample_sets: list[tuple], kwa
     return {"max": worst + fixed_point, "mean": total / max(count, 1)}
 
 
-def _ranking_cost(protocol, shape, cost_kw: dict, attrs: dict) -> float:
-    """Estimated bytes, at what the node will cost after the passes that follow the choice. On attention's scores
+def _ranking_cost(protocol, shape, cost_kw: dict, attrs: dict, network: Network | None = None) -> float:
+    """Estimated bytes (with a ``network``: seconds, passes/network.py), at what the node will cost after the passes
+    that follow the choice. On attention's scores
     (``QUERY_BOUND``): a 2-norm bounded softmax has its bound moved onto the queries (passes/query_bounds.py), exp's
     input scale goes onto the queries (passes/prescale.py, or the box's factor), and a box-bounded softmax adds its
     factor per row (a reciprocal and a comparison; passes/box_bound.py: its scores replace the original product).
-    The per-query and per-key products of both bounds are small against the scores and are left out."""
-    extra = 0.0
+    The per-query and per-key products of both bounds are small against the scores and are left out, but not the
+    rounds of the box's max and min over the keys."""
+    extra, extra_rounds = 0.0, 0.0
     if attrs.get(QUERY_BOUND):
         from passes.prescale import input_scale
         from passes.query_bounds import movable, prebound
@@ -169,9 +172,13 @@ def _ranking_cost(protocol, shape, cost_kw: dict, attrs: dict) -> float:
             from runtime.protocols.cost_model import load_table
             table = load_table()
             rows = float(np.prod(shape[:-1]))
-            extra = rows * (table.native("reciprocal", None)[0] + table.primitive("compare")[0]
-                            + table.primitive("select")[0])
-    return protocol.cost(shape, **cost_kw).bytes + extra
+            factor = [table.native("reciprocal", None), table.primitive("compare"), table.primitive("select")]
+            extra = rows * sum(b for b, _ in factor)
+            extra_rounds = sum(r for _, r in factor) + 2 * table.reduce_max(int(shape[-1]))[1]
+    cost = protocol.cost(shape, **cost_kw)
+    if network is None:
+        return cost.bytes + extra
+    return network.seconds(cost.bytes + extra, cost.rounds + extra_rounds)
 
 
 def _box_fits(protocol, attrs: dict) -> bool:
@@ -197,14 +204,16 @@ def _measure_box(candidate, op: str, sample_sets: list[tuple], attrs: dict, kwar
 
 def choose(op: str, shape: tuple, attrs: dict, stats: TensorStats | None, budget: float,
            extra_inputs: list[np.ndarray], knobs_in_use: protocols.SpuKnobs,
-           fraction_bits: int | None = None) -> Choice:
+           fraction_bits: int | None = None, network: Network | None = None) -> Choice:
+    """The cheapest variant (bytes; with a ``network``, estimated seconds) whose error on the node's calibrated
+    inputs meets ``budget``."""
     interval = interval_for(op, stats, attrs)
     kwargs = op_kwargs(op, attrs)
     cost_kw = {k: v for k, v in kwargs.items() if k in ("num_groups", "axis")}
     sample_sets = _sample_inputs(op, shape, attrs, stats, interval, extra_inputs)
     direct = protocols.direct(op, **({"approximate": attrs.get("approximate", "none")} if op == "gelu" else {}))
-    direct_bytes = direct.cost(shape, **cost_kw).bytes
-    costs = {p.name: _ranking_cost(p, shape, cost_kw, attrs) for p in protocols.variants(op)}
+    direct_cost = _ranking_cost(direct, shape, cost_kw, {}, network)
+    costs = {p.name: _ranking_cost(p, shape, cost_kw, attrs, network) for p in protocols.variants(op)}
     ranked = sorted(protocols.variants(op), key=lambda p: (costs[p.name], p.name))
     closest = None   # (protocol, error) of the most accurate candidate that missed the budget
     for candidate in ranked:
@@ -212,7 +221,7 @@ def choose(op: str, shape: tuple, attrs: dict, stats: TensorStats | None, budget
         # not just this node: they belong to the best-knob baseline, not to a per-node choice.
         if candidate.family == "direct":
             continue
-        if costs[candidate.name] >= direct_bytes:
+        if costs[candidate.name] >= direct_cost:
             break  # ranked by cost: nothing further is cheaper than SPU's own expression
         if candidate.knobs and candidate.knobs.conflicts(knobs_in_use):
             continue

@@ -28,6 +28,7 @@ from passes.fold_constants import fold_constants
 from passes.hoist_scale import hoist_scales, merge_operand_scales
 from passes.prescale import fold_prescales
 from passes.model_check import DEFAULT_MODEL_ERROR
+from passes.network import Network
 from passes.relax import relax
 from passes.report import add_totals, charge_estimates, empty_report
 from runtime.protocols.families import monic_form
@@ -44,14 +45,16 @@ class PassResult:
 
 def rewrite(model: onnx.ModelProto, *, public_inputs=frozenset(), calibration: list[dict] | None = None,
             budget: float = DEFAULT_BUDGET, calibration_source: str | None = None,
-            model_error: float | None = DEFAULT_MODEL_ERROR, fraction_bits: int | None = None) -> PassResult:
+            model_error: float | None = DEFAULT_MODEL_ERROR, fraction_bits: int | None = None,
+            network: Network | None = None) -> PassResult:
     """Rewrite every expensive nonlinear subgraph of ``model`` into the cheapest protocol within ``budget``.
 
     ``calibration`` is a list of input dicts (one per case); without it conservative ranges are used. With it and
     ``model_error`` (max abs output error / output std), the rewritten graph is checked against the float model
     on the calibration cases and the budgets of the nodes that cause too large an error are tightened
     (passes/model_check.py). ``fraction_bits``: the program's fixed-point precision, which sets how far SPU's
-    run of each protocol strays from its float emulation (measured per protocol at 18 and 22 bits).
+    run of each protocol strays from its float emulation (measured per protocol at 18 and 22 bits). ``network``:
+    rank the protocols by their estimated time on it instead of by bytes (passes/network.py).
     """
     original = model
     model, attention_declined = expand_attention(_at_least_opset_18(model))
@@ -75,7 +78,7 @@ def rewrite(model: onnx.ModelProto, *, public_inputs=frozenset(), calibration: l
         reference = model_check.run(original, cases)
 
     def choose_under(budgets: dict[str, float]) -> _Chosen:
-        return _choose_all(canon, stats, budgets, expanded_from, fraction_bits, choices, box_ranges)
+        return _choose_all(canon, stats, budgets, expanded_from, fraction_bits, choices, box_ranges, network)
 
     def check(budgets: dict[str, float]) -> float:
         return model_check.relative_error(model_check.run(choose_under(budgets).model, cases), reference)
@@ -136,6 +139,10 @@ def rewrite(model: onnx.ModelProto, *, public_inputs=frozenset(), calibration: l
                  "rewritten": estimate_model(out, set(public_inputs), chosen.knobs.to_json())}
     report["model_estimate"] = {mode: {key: est["totals"][key] for key in ("bytes", "rounds")}
                                 for mode, est in estimates.items()}
+    report["network"] = None if network is None else network.to_json()
+    if network is not None:
+        for entry in report["model_estimate"].values():
+            entry["seconds"] = network.seconds(entry["bytes"], entry["rounds"])
     onnx.checker.check_model(out)
     return PassResult(out, report, chosen.knobs)
 
@@ -174,7 +181,7 @@ def _score_products(canon) -> dict[str, onnx.NodeProto]:
 
 def _choose_all(canon, stats: dict[str, TensorStats], budgets: dict[str, float], expanded_from: dict,
                 fraction_bits: int | None = None, choices: dict | None = None,
-                box_ranges: dict[str, BoxRange] | None = None) -> _Chosen:
+                box_ranges: dict[str, BoxRange] | None = None, network: Network | None = None) -> _Chosen:
     """``budgets``: the error budget of every canonical node, keyed by its output name; ``choices`` a cache of
     earlier choices (the same node, budget and knobs in use choose the same); ``box_ranges``: the calibrated
     box range of every softmax over attention scores (passes/box_bound.py)."""
@@ -198,7 +205,7 @@ def _choose_all(canon, stats: dict[str, TensorStats], budgets: dict[str, float],
                 if box_ranges and key in box_ranges:
                     attrs[BOX_RANGE] = box_ranges[key]
             choices[memo] = choose(op, shape, attrs, stats.get(node.input[0]), budgets[key], extra, knobs,
-                                   fraction_bits)
+                                   fraction_bits, network)
         choice = choices[memo]
         direct = protocols.direct(op, **_gelu_kw(op, entry.attrs))
         cost_kw = {k: entry.attrs[k] for k in ("num_groups", "axis") if k in entry.attrs}

@@ -94,6 +94,10 @@ def render_markdown(report: dict) -> str:
         d, r = report["model_estimate"]["direct"], report["model_estimate"]["rewritten"]
         out += [f"Whole-model estimate (ABY3/FM64): direct {_mib(d['bytes'])} MiB, {d['rounds']:.0f} rounds -> "
                 f"rewritten {_mib(r['bytes'])} MiB, {r['rounds']:.0f} rounds.", ""]
+        if report.get("network"):
+            out += [f"Protocols ranked by their estimated time on {report['network']['description']} (a round costs "
+                    f"as much as {_mib(report['network']['round_in_bytes'])} MiB): direct {d['seconds']:.3g} s -> "
+                    f"rewritten {r['seconds']:.3g} s of communication.", ""]
     if report.get("knobs"):
         out += ["SPU knobs: " + ", ".join(f"`{k}={v}`" for k, v in report["knobs"].items()), ""]
     out += ["## Rewrites", "",

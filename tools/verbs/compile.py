@@ -31,6 +31,10 @@ def add_arguments(parser) -> None:
                         help="with --calibration: bound on the rewritten model's float error, max abs output "
                              "error / output std on the calibration cases; the budgets of the nodes that cause a "
                              "larger error are tightened (default 5e-2; 0 turns the check off)")
+    parser.add_argument("--network", metavar="BANDWIDTH,LATENCY",
+                        help="rank the protocols by their estimated time on this network (per-party bandwidth, "
+                             "one-way latency per round: 1gbit,10ms; or lan = 10gbit,0.1ms, wan = 100mbit,20ms) "
+                             "instead of by bytes (default): over a WAN a round can cost more than megabytes")
     parser.add_argument("--protocol", default=DEFAULT_PROTOCOL, choices=PROTOCOLS, help="SPU protocol")
     parser.add_argument("--field", default=DEFAULT_FIELD, choices=sorted(FIELDS), help="SPU ring")
     parser.add_argument("--fxp-bits", default="auto", metavar="N|auto",
@@ -64,6 +68,15 @@ def run(args) -> int:
         problems.append(f"--error-budget must be positive, got {args.error_budget}")
     if args.model_error is not None and not args.model_error >= 0:
         problems.append(f"--model-error must be 0 (no check) or positive, got {args.model_error}")
+    network = None
+    if args.network is not None:
+        from passes.network import NetworkError, parse
+        if args.direct:
+            problems.append("--direct compiles without rewrites: --network does not apply")
+        try:
+            network = parse(args.network)
+        except NetworkError as exc:
+            problems.append(str(exc))
     auto_bits = args.fxp_bits == "auto"
     if not auto_bits and not str(args.fxp_bits).isdigit():
         problems.append(f"--fxp-bits must be a number of bits or auto, got {args.fxp_bits!r}")
@@ -75,7 +88,8 @@ def run(args) -> int:
     program = compile_model(args.model, input_shapes=parse_input_shapes(args.input_shape), public=args.public,
                             rewrites="direct" if args.direct else "cipherdm", config=config,
                             calibration=calibration, budget=args.error_budget, calibration_source=args.calibration,
-                            model_error=args.model_error, auto_fraction_bits=auto_bits and not args.direct)
+                            model_error=args.model_error, auto_fraction_bits=auto_bits and not args.direct,
+                            network=network)
     # Weights first: a program without its weights is useless to the owner, the reverse is harmless.
     write_weights(program.weights, weights_out)
     artifact = write_artifact(program, args.output)
