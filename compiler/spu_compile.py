@@ -24,6 +24,7 @@ import onnx
 from compiler.deallocation import OPTION, keep_all_values
 from compiler.errors import CipherdmError
 from compiler.lowering import LoweredModel, TensorSpec, is_weight, lower
+from passes.prescale_activation import restore_divided_weights
 from passes.public import public_initializers
 from runtime import fxp_scale
 from runtime.spu_config import SecureConfig, compiler_options
@@ -280,8 +281,9 @@ def compile_model(model: onnx.ModelProto | str, *, input_shapes=None, public=(),
         executable=exe.SerializeToString(), stablehlo=text,
         onnx_graph=strip_weights(rewritten.model, constants).SerializeToString(), report=rewritten.report,
         weights={k: np.asarray(v) for k, v in lowered.weights.items()}, timings=timings,
-        reference_graph=None if rewritten.model is prepared else
-        strip_weights(prepared, public_initializers(prepared, set(public))).SerializeToString())
+        reference_graph=None if rewritten.model is prepared else restore_divided_weights(
+            strip_weights(prepared, public_initializers(prepared, set(public))),
+            rewritten.report.get("weights_divided") or [], set(lowered.weights)).SerializeToString())
 
 
 def _stem(path: str) -> str:

@@ -27,6 +27,7 @@ from passes.graph_view import GraphView, with_replacements
 from passes.fold_constants import fold_constants
 from passes.hoist_scale import hoist_scales, merge_operand_scales
 from passes.prescale import fold_prescales
+from passes.prescale_activation import fold_activation_scales
 from passes.model_check import DEFAULT_MODEL_ERROR
 from passes.network import Network
 from passes.relax import relax
@@ -122,9 +123,12 @@ def rewrite(model: onnx.ModelProto, *, public_inputs=frozenset(), calibration: l
     report["declined"] = [d.to_json() for d in attention_declined + canon.declined] + chosen.declined
     out = fuse_attention(chosen.model, chosen.rewrites)
     out = fold_prescales(out, chosen.rewrites)
+    divided: list[dict] = []
+    out = fold_activation_scales(out, chosen.rewrites, divided)
     out = bound_on_queries(out, chosen.rewrites)
     out = remove_dead_code(out)    # the scores' MatMul of a box-bounded softmax (recomputed from scaled queries)
     report["rewrites"] = chosen.rewrites
+    report["weights_divided"] = divided
     report["scales_hoisted"] = merged + hoisted
     report["constants_folded"] = len(folded)
     report["calibration"] = _calibration_note(calibration, calibration_source)

@@ -50,12 +50,29 @@ def segment_bits(bk, w, breaks):
     return segs, ge[-1]
 
 
+def whole_multiple(bk, x, n: int):
+    """n x as additions of doublings: exact, no truncation (a product with a public n would truncate)."""
+    if n < 1:
+        raise ValueError(f"whole_multiple needs n >= 1, got {n}")
+    result, power = None, x
+    while n:
+        if n & 1:
+            result = power if result is None else bk.add(result, power)
+        n >>= 1
+        if n:
+            power = bk.double(power)
+    return result
+
+
 @family("abs_piecewise")
 def abs_piecewise(bk, protocol, inputs, **kw):
     p = protocol.params
     x = inputs[0]
     bound = float(p["bound"])
     form = p["form"]
+    # ``prescaled``: the input is x / B (passes/prescale_activation.py folded 1/B into the GroupNorm before), so
+    # w needs no truncation and relu(x) = B relu(x / B) is a sum of doublings (B is a whole number)
+    prescaled = bool(p.get("prescaled"))
     sign = bk.greater(x, 0.0)
     if form == "relu_minus":
         relu = bk.where(sign, x)
@@ -64,7 +81,9 @@ def abs_piecewise(bk, protocol, inputs, **kw):
         magnitude = bk.where(sign, x, bk.neg(x))
     # w = 2|x|/B - 1 in [-1, 1] on the fitted range (polynomials in w have small coefficients); breaks are
     # given in u = |x|/B.
-    w = bk.add_const(bk.scale(magnitude, 2.0 / bound), -1.0)
+    w = bk.add_const(bk.double(magnitude) if prescaled else bk.scale(magnitude, 2.0 / bound), -1.0)
+    if prescaled:
+        relu = whole_multiple(bk, relu, int(bound))
     segs, _ = segment_bits(bk, w, [2.0 * float(b) - 1.0 for b in p["breaks"]])
     # one polynomial per segment, or per segment and sign (Mish: selected with seg & s and seg & not s)
     keys = ("pos", "neg") if "pos" in p["segments"][0] else ("coeffs",)
