@@ -42,7 +42,7 @@ bench-large: $(VENV)/.installed
 
 # The trained MNIST U-Nets (docs/bench.md): the demo's (base 16, class labels) and the CipherDM architecture's
 # (base 4, unconditional; models/mnist_base4, `python -m models.train_mnist --base-channels 4 --unconditional
-# --threads 1 --out models/mnist_base4`, 5 minutes). Each calibrated on one DDIM trajectory (seed 1000), benched
+# --max-steps 14400 --threads 1 --out models/mnist_base4`, 22 minutes). Each calibrated on one DDIM trajectory (seed 1000), benched
 # on another's step at t = 473 (seed 0, case 10). About 20 minutes.
 bench-trained: $(VENV)/.installed
 	mkdir -p out/bench
