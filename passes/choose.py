@@ -174,7 +174,10 @@ def _ranking_cost(protocol, shape, cost_kw: dict, attrs: dict, network: Network 
             rows = float(np.prod(shape[:-1]))
             factor = [table.native("reciprocal", None), table.primitive("compare"), table.primitive("select")]
             extra = rows * sum(b for b, _ in factor)
-            extra_rounds = sum(r for _, r in factor) + 2 * table.reduce_max(int(shape[-1]))[1]
+            # the keys' max and min: one comparison per pair, then one tree for both (box_bound.key_box)
+            keys = int(shape[-1])
+            extra_rounds = (sum(r for _, r in factor) + table.primitive("compare")[1] + table.primitive("select")[1]
+                            + table.reduce_max((keys + 1) // 2)[1])
     cost = protocol.cost(shape, **cost_kw)
     if network is None:
         return cost.bytes + extra

@@ -228,7 +228,9 @@ def _choose_all(canon, stats: dict[str, TensorStats], budgets: dict[str, float],
         chosen = choice.protocol
         knobs = knobs.merged(chosen.knobs)
         if is_box(chosen):
-            replacements[key], chosen = construct(node, chosen, scores_product(view, node)[1])
+            matmul = scores_product(view, node)[1]
+            key_shape = view.shape(matmul.input[1])
+            replacements[key], chosen = construct(node, chosen, matmul, key_shape[-1] if key_shape else None)
         else:
             replacements[key] = [protocols.make_node(chosen, node.input, key, node.name,
                                                      **_op_attrs(op, entry.attrs))]

@@ -130,3 +130,34 @@ def test_under_spu_through_the_compiler(rewritten):
     program = compile_model(result.model, rewrites="direct")    # the rewritten graph as it is
     got = run_sim(in_memory_artifact(program), program.weights, inputs, profile=False).outputs["y"]
     np.testing.assert_allclose(got, _attend(inputs), atol=5e-3)
+
+
+@pytest.mark.parametrize("count", [1, 2, 7, 196, None])
+def test_key_box_is_the_max_and_min_over_the_keys(count):
+    """One sorting comparison per pair and one tree for both: the keys' max and min exactly, for even, odd and
+    unknown counts, in onnxruntime and through cipherdm's lowering under SPU."""
+    from compiler.spu_compile import compile_model
+    from passes.box_bound import key_box
+    from runtime.simulate import run_sim
+    from tools.benchmark import in_memory_artifact
+
+    m = count or 5
+    keys = np.random.default_rng(m).normal(0.0, 3.0, (2, 3, 4, m)).astype(np.float32)
+    nodes = key_box("box", "keys", count)
+    nodes.insert(0, helper.make_node("Constant", [], ["box/axes"],
+                                     value=onnx.numpy_helper.from_array(np.array([-1], np.int64))))
+    graph = helper.make_graph(nodes, "key_box", [helper.make_tensor_value_info("keys", TensorProto.FLOAT, keys.shape)],
+                              [helper.make_tensor_value_info(f"box/{name}", TensorProto.FLOAT, (2, 3, 4, 1))
+                               for name in ("high", "low")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.checker.check_model(model)
+    high, low = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"keys": keys})
+    # (b + (a - b) is a to the last float bit, not always exactly)
+    np.testing.assert_allclose(high, keys.max(-1, keepdims=True), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(low, keys.min(-1, keepdims=True), rtol=1e-6, atol=1e-6)
+    program = compile_model(model)
+    result = run_sim(in_memory_artifact(program), program.weights, {"keys": keys}, profile=False)
+    got_high, got_low = (result.outputs[name] for name in ("box/high", "box/low"))
+    np.testing.assert_allclose(got_high, keys.max(-1, keepdims=True), atol=1e-4)
+    np.testing.assert_allclose(got_low, keys.min(-1, keepdims=True), atol=1e-4)
