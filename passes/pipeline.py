@@ -74,15 +74,20 @@ def rewrite(model: onnx.ModelProto, *, public_inputs=frozenset(), calibration: l
     attempts: list[model_check.Attempt] = []
     checking = bool(calibration) and bool(model_error) and bool(budgets)
     choices: dict = {}   # (node, budget, knobs in use) -> Choice: the check and relax re-choose under new budgets
-    if checking:
-        cases = model_check.pick_cases(calibration)
-        reference = model_check.run(original, cases)
-
     def choose_under(budgets: dict[str, float]) -> _Chosen:
         return _choose_all(canon, stats, budgets, expanded_from, fraction_bits, choices, box_ranges, network)
 
     def check(budgets: dict[str, float]) -> float:
         return model_check.relative_error(model_check.run(choose_under(budgets).model, cases), reference)
+
+    if checking:
+        # every case once: the float reference, and the first choice's error per case, which picks the cases each
+        # check runs (the worst half and a spread) and, at the end, says what the error is on all of them
+        every_reference = model_check.run(original, calibration)
+        first_errors = model_check.case_errors(model_check.run(choose_under(budgets).model, calibration),
+                                               every_reference)
+        picked = model_check.pick_indices(len(calibration), first_errors)
+        cases, reference = [calibration[i] for i in picked], [every_reference[i] for i in picked]
 
     best = None   # (error, budgets, attempt number) of the most accurate attempt within the target
     while True:
@@ -118,8 +123,11 @@ def rewrite(model: onnx.ModelProto, *, public_inputs=frozenset(), calibration: l
     report = empty_report("cipherdm")
     report["budget"] = budget
     report["budgets"] = _budgets_by_op(budgets, chosen.op_of, budget)
+    every_case = None
+    if checking and len(cases) < len(calibration):
+        every_case = model_check.relative_error(model_check.run(chosen.model, calibration), every_reference)
     report["model_check"] = _model_check_note(attempts, model_error, calibration, checking,
-                                              len(cases) if checking else 0, relaxed, kept_attempt)
+                                              len(cases) if checking else 0, relaxed, kept_attempt, every_case)
     report["declined"] = [d.to_json() for d in attention_declined + canon.declined] + chosen.declined
     out = fuse_attention(chosen.model, chosen.rewrites)
     out = fold_prescales(out, chosen.rewrites)
@@ -276,7 +284,7 @@ def _budgets_by_op(budgets: dict[str, float], op_of: dict[str, str], start: floa
 
 
 def _model_check_note(attempts, target, calibration, checking, cases: int, relaxed=None,
-                      kept_attempt: int | None = None) -> dict:
+                      kept_attempt: int | None = None, every_case: float | None = None) -> dict:
     if not checking:
         why = ("no calibration data" if not calibration else
                "turned off (--model-error 0)" if not target else "nothing to rewrite")
@@ -289,13 +297,19 @@ def _model_check_note(attempts, target, calibration, checking, cases: int, relax
         r = relaxed.to_json()
         relax_note += (f", then {r['loosened_nodes']} node(s) loosened in {r['checks']} check(s) "
                       f"(est. {r['est_bytes_saved'] / 2**20:.1f} MiB saved)")
+    every_note = ""
+    if every_case is not None:
+        every_note = (f"; on all {len(calibration)} calibration cases {every_case:.3g}"
+                      + ("" if every_case <= target else " (above the target: more calibration cases near the "
+                         "worst ones would let the check see them)"))
     return {"target": target, "checked": True, "error": error, "met": met, "cases": cases,
+            **({"error_all_cases": every_case} if every_case is not None else {}),
             "attempts": [a.to_json() for a in attempts],
             **({"relax": relaxed.to_json()} if relaxed is not None else {}),
             **({"kept_attempt": kept_attempt} if kept_attempt else {}),
             "note": (f"float error of the rewritten graph vs the float model on the calibration cases: "
                      f"{error:.3g} x output std (target {target:g}) after {len(attempts)} attempt(s)"
-                     + relax_note
+                     + relax_note + every_note
                      + ("" if met else "; target NOT met: lower --error-budget or raise --model-error"))}
 
 
