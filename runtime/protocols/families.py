@@ -275,7 +275,13 @@ def bounded_rows(bk, centered, bound: float, axis, norm: int = 2, square_limit: 
 
 def _clamped_segments(bk, x, p):
     """Clamp x to [a, b] and find its segment of the geometric split of [a, b] into m pieces, all with one
-    batched comparison. Returns (clamped x, one-hot segment bits, segment top edges)."""
+    batched comparison. Returns (x clamped to [a, b] for the initial guess, x clamped to b only for Newton's steps,
+    one-hot segment bits, segment top edges).
+
+    Below a, Newton's steps run on x itself: from the guess at a, which lies below the true value, they rise towards
+    it and never overshoot, so an x somewhat below the range (a group's variance on a trajectory the calibration did
+    not see) still gets its own rsqrt or reciprocal, not a's. Above b the guess would lie above the true value,
+    where the steps diverge once x exceeds 3b (rsqrt) or 2b (reciprocal): there x stays clamped."""
     low, high = (float(v) for v in p["interval"])
     m = int(p.get("segments", 1))
     ratio = (high / low) ** (1.0 / m)
@@ -283,29 +289,32 @@ def _clamped_segments(bk, x, p):
     clamp = p.get("clamp", True)
     items = ([(x, "<", low), (x, ">", high)] if clamp else []) + [(x, ">", t) for t in inner]
     bits = bk.compare_many(items)
+    newton_x = x
     if clamp:
         below, above, ge = bits[0], bits[1], bits[2:]
         lift, cut = bk.select_many([(below, bk.add_const(bk.neg(x), low), None),
                                     (above, bk.add_const(bk.neg(x), high), None)])
-        x = bk.add(bk.add(x, lift), cut)
+        newton_x = bk.add(x, cut)
+        x = bk.add(newton_x, lift)
     else:
         ge = bits
     if m == 1:
-        return x, [None], [high]
+        return x, newton_x, [None], [high]
     segs = [bk.bit_not(ge[0])] + [bk.bit_xor(ge[j], ge[j + 1]) for j in range(m - 2)] + [ge[-1]]
-    return x, segs, [low * ratio ** (j + 1) for j in range(m)]
+    return x, newton_x, segs, [low * ratio ** (j + 1) for j in range(m)]
 
 
 def _initial_guess(bk, x, p, power):
-    """g(x / T_j) * T_j^(-power) with T_j the top of x's segment: the fitted guess on [1/ratio, 1]."""
-    x, segs, tops = _clamped_segments(bk, x, p)
+    """g(x / T_j) * T_j^(-power) with T_j the top of x's segment: the fitted guess on [1/ratio, 1]. Returns the x
+    Newton's steps run on (see _clamped_segments) and the guess."""
+    x, newton_x, segs, tops = _clamped_segments(bk, x, p)
     coeffs = p["coeffs"]
     if segs[0] is None:
         v = bk.scale(x, 1.0 / tops[0])
-        return x, bk.scale(bk.poly_many(v, [coeffs])[0], tops[0] ** -power)
+        return newton_x, bk.scale(bk.poly_many(v, [coeffs])[0], tops[0] ** -power)
     inv_top, out_scale = _segment_constants_pair(bk, segs, tops, power, x)
     v = bk.mul(x, inv_top)
-    return x, bk.mul(bk.poly_many(v, [coeffs])[0], out_scale)
+    return newton_x, bk.mul(bk.poly_many(v, [coeffs])[0], out_scale)
 
 
 def _segment_constants_pair(bk, segs, tops, power, like):
