@@ -86,8 +86,11 @@ def test_calibrated_rsqrts_are_what_they_claim(interval):
         error = float(np.max(np.abs(rsqrt_eval(NumpyBackend(), p, x) * np.sqrt(x) - 1.0)))
         assert error <= max(spec["predicted_rel_error"] * 1.2, 1e-9) and error <= RSQRT_REL_CAP
         errors.append(error)
-        outside = rsqrt_eval(NumpyBackend(), p, np.array([lo / 10, hi * 10]))     # clamped: the ends' values
-        np.testing.assert_allclose(outside, [lo ** -0.5, hi ** -0.5], rtol=2 * error + 1e-9)
+        below, above = rsqrt_eval(NumpyBackend(), p, np.array([lo / 10, hi * 10]))
+        # above: clamped, the end's value; below: Newton's steps rise from the low end's guess towards the true
+        # value without overshooting it
+        np.testing.assert_allclose(above, hi ** -0.5, rtol=2 * error + 1e-9)
+        assert lo ** -0.5 * (1 - 2 * error) <= below <= (lo / 10) ** -0.5
     assert errors == sorted(errors, reverse=True)          # each later form (more rounds) is more accurate
 
 
