@@ -44,8 +44,8 @@ SOLO_CASES = 1
 REPORTED_NODES = 10
 
 
-def pick_cases(cases: list[dict], errors: list[float] | None = None) -> list[dict]:
-    return [cases[i] for i in pick_indices(len(cases), errors)]
+def pick_cases(cases: list[dict]) -> list[dict]:
+    return [cases[i] for i in pick_indices(len(cases))]
 
 
 def pick_indices(count: int, errors: list[float] | None = None) -> list[int]:

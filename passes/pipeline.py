@@ -80,6 +80,7 @@ def rewrite(model: onnx.ModelProto, *, public_inputs=frozenset(), calibration: l
     def check(budgets: dict[str, float]) -> float:
         return model_check.relative_error(model_check.run(choose_under(budgets).model, cases), reference)
 
+    known_errors = None
     if checking:
         # every case once: the float reference, and the first choice's error per case, which picks the cases each
         # check runs (the worst half and a spread) and, at the end, says what the error is on all of them
@@ -88,13 +89,15 @@ def rewrite(model: onnx.ModelProto, *, public_inputs=frozenset(), calibration: l
                                                every_reference)
         picked = model_check.pick_indices(len(calibration), first_errors)
         cases, reference = [calibration[i] for i in picked], [every_reference[i] for i in picked]
+        known_errors = [first_errors[i] for i in picked]    # the first attempt's, run already
 
     best = None   # (error, budgets, attempt number) of the most accurate attempt within the target
     while True:
         chosen = choose_under(budgets)
         if not checking:
             break
-        per_case = model_check.case_errors(model_check.run(chosen.model, cases), reference)
+        per_case = known_errors or model_check.case_errors(model_check.run(chosen.model, cases), reference)
+        known_errors = None
         error = max(per_case)
         attempt = model_check.Attempt(error, sum(b < budget for b in budgets.values()), [])
         attempts.append(attempt)
