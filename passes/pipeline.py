@@ -17,7 +17,7 @@ from passes.box_bound import BOX_RANGE, BoxRange, calibrated_ranges, construct, 
 from passes.calibrate import TensorStats, calibrate
 from passes.cleanup import remove_dead_code
 from passes.canonicalize import canonicalize
-from passes.choose import QUERY_BOUND, choose, error_curve, summaries_for
+from passes.choose import QUERY_BOUND, choose, error_curve, norm_parameters, summaries_for
 from passes.cost import estimate_model
 from passes.expand_attention import EXPANDED_FROM, expand_attention
 from passes.fuse_attention import fuse_attention
@@ -210,7 +210,7 @@ def _choose_all(canon, stats: dict[str, TensorStats], budgets: dict[str, float],
     for entry in canon.canonical:
         node, op = entry.node, entry.pattern
         shape = view.shape(node.input[0])
-        extra = [_value(view, name) for name in node.input[1:]]
+        extra, measured_note = norm_parameters(op, shape, entry.attrs, [_value(view, n) for n in node.input[1:]])
         key = node.output[0]
         memo = (key, budgets[key], repr(knobs.to_json()))
         if memo not in choices:
@@ -260,6 +260,7 @@ def _choose_all(canon, stats: dict[str, TensorStats], budgets: dict[str, float],
             "est_bytes_before": float(before.bytes), "est_bytes_after": float(after.bytes),
             "est_rounds_before": float(before.rounds), "est_rounds_after": float(after.rounds),
             "curve": error_curve(chosen, op, choice.interval, entry.attrs),
+            **({"measured_with": measured_note} if measured_note else {}),
             **({"note": choice.reason} if choice.reason else {}),
             **({"box_bound": _box_note(box_ranges[key], chosen),
                 "prescale": f"input scale {monic_form(chosen.params['exp'])[0]:.6g} carried by the box's factor on "

@@ -85,7 +85,7 @@ def fold_activation_scales(model: onnx.ModelProto, rewrites: list[dict],
         bound = float(protocol.params["bound"])
         new_norm = onnx.NodeProto()
         new_norm.CopyFrom(norm)
-        products = []
+        products, ways = [], []
         for i, what in ((1, "scale"), (2, "bias")):
             source_name, divided_name = norm.input[i], f"{norm.input[i]}/over_bound/{node.name}"
             weight, sole = _weight_behind(view, source_name)
@@ -93,6 +93,7 @@ def fold_activation_scales(model: onnx.ModelProto, rewrites: list[dict],
                 value = numpy_helper.to_array(view.initializers[weight])
                 divided_weights[weight] = numpy_helper.from_array((value / bound).astype(value.dtype), weight)
                 divided.append({"weight": weight, "divisor": bound, "for": node.name})
+                ways.append(f"{what} divided in the weights")
                 continue
             new_norm.input[i] = divided_name
             shape = view.shape(source_name)
@@ -105,9 +106,14 @@ def fold_activation_scales(model: onnx.ModelProto, rewrites: list[dict],
                                                       divided_name))
                 divided.append({"weight": divided_name, "divisor": bound, "for": node.name, "copy_of": weight,
                                 "shape": list(original.shape), "copy_shape": [int(d) for d in shape]})
+                ways.append(f"{what} divided in a copy of the weights")
             elif value is not None and view.producer.get(source_name) is not None:
                 products.append(public_constant(divided_name, (value / bound).astype(value.dtype)))
+                ways.append(f"{what} a divided public constant")
             else:
+                # a public operand makes the product public too (computed in the clear); a secret one, a product
+                # under MPC of C values, one truncation
+                ways.append(f"{what} times 1/{bound:g} in the program")
                 inverse = f"{node.name}/inverse_bound"
                 if not any(p.output[0] == inverse for p in products):
                     products.append(public_constant(inverse, np.array(1.0 / bound, np.float32)))
@@ -119,8 +125,9 @@ def fold_activation_scales(model: onnx.ModelProto, rewrites: list[dict],
         by_output[node.output[0]] = [protocols.make_node(scaled, node.input, node.output[0], node.name, **attrs)]
         if entry is not None:
             entry["protocol"], entry["params"] = scaled.name, scaled.params
-            entry["input_scale"] = (f"1/{bound:g} folded into {norm.name}'s scale and bias: |x| * 2/B without a "
-                                    f"truncation, relu(x) = {bound:g} relu(x/{bound:g}) by additions")
+            entry["input_scale"] = (f"1/{bound:g} folded into {norm.name}'s scale and bias ({', '.join(ways)}): "
+                                    f"|x| * 2/B without a truncation, relu(x) = {bound:g} relu(x/{bound:g}) by "
+                                    "additions")
     if not by_output:
         return model
     out = with_replacements(model, by_output, added)

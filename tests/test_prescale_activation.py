@@ -78,3 +78,52 @@ def test_fold_divides_the_groupnorm_weights_and_keeps_the_outputs():
     assert any(d["copy_of"] not in weights for d in divided if "copy_of" in d)
     twin = restore_divided_weights(strip_weights(model), divided, set(weights))
     np.testing.assert_allclose(_ort(twin, {**inputs, **weights})[0], want, rtol=1e-4, atol=1e-5)
+
+
+def _groupnorm_silu(parameters: str, rng):
+    """GroupNormalization -> SiLU with the norm's scale and bias as public Constant nodes or as inputs given at run
+    time (a conditional norm's), neither of which is a weight the fold can divide at compile time."""
+    from onnx import TensorProto, helper, numpy_helper
+    channels, shape = 4, (2, 4, 6, 6)
+    scale = rng.uniform(0.5, 1.5, channels).astype(np.float32)
+    bias = rng.uniform(-0.5, 0.5, channels).astype(np.float32)
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)]
+    nodes = []
+    if parameters == "constants":
+        nodes += [helper.make_node("Constant", [], ["s"], value=numpy_helper.from_array(scale)),
+                  helper.make_node("Constant", [], ["b"], value=numpy_helper.from_array(bias))]
+        feeds = {}
+    else:
+        inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, (channels,)) for n in ("s", "b")]
+        feeds = {"s": scale, "b": bias}
+    nodes += [helper.make_node("GroupNormalization", ["x", "s", "b"], ["g"], num_groups=2, epsilon=1e-5, name="gn"),
+              helper.make_node("Sigmoid", ["g"], ["gate"], name="gate"),
+              helper.make_node("Mul", ["g", "gate"], ["y"], name="silu")]
+    graph = helper.make_graph(nodes, "gn_silu", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    return model, {"x": rng.normal(0.0, 2.0, shape).astype(np.float32), **feeds}
+
+
+@pytest.mark.parametrize("parameters", ["constants", "run_time"])
+def test_fold_into_a_groupnorm_without_weights(parameters):
+    """No weights to divide: the scale and bias are multiplied by 1/B in the program instead (a public product
+    for constants, a product of C secret values for inputs), and a norm whose scale is known only at run time is
+    chosen on the identity and says so. The rewritten graph and the program under SPU still compute the SiLU of
+    the norm."""
+    from compiler.spu_compile import compile_model
+    from runtime.simulate import run_sim
+    from tools.benchmark import in_memory_artifact
+
+    model, case = _groupnorm_silu(parameters, np.random.default_rng(3))
+    result = rewrite(model, calibration=[case], budget=1e-3, model_error=0)
+    entries = {r["op"]: r for r in result.report["rewrites"]}
+    assert entries["silu"]["protocol"].endswith("@i")
+    assert "scale times 1/" in entries["silu"]["input_scale"] and "bias times 1/" in entries["silu"]["input_scale"]
+    assert result.report["weights_divided"] == []
+    assert ("measured_with" in entries["group_norm"]) == (parameters == "run_time")
+    want = _ort(model, case)[0]
+    np.testing.assert_allclose(_ort(result.model, case)[0], want, atol=3e-3)
+    program = compile_model(result.model, rewrites="direct")     # the rewritten graph as it is
+    got = run_sim(in_memory_artifact(program), program.weights, case, profile=False).outputs["y"]
+    np.testing.assert_allclose(got, want, atol=1e-2)
