@@ -120,7 +120,8 @@ def rewrite(model: onnx.ModelProto, *, public_inputs=frozenset(), calibration: l
             # the error is not monotone in the budgets: a later attempt can miss what an earlier one met
             kept_attempt = best[2]
         # the check aimed below the target; relax spends the slack where it saves the most bytes
-        relaxed = relax(best[1], budget, model_error, best[0], lambda b: choose_under(b).est_bytes, check)
+        relaxed = relax(best[1], budget, model_error, best[0], lambda b: choose_under(b).est_cost(network), check,
+                        lambda b: choose_under(b).est_bytes)
         budgets = relaxed.budgets
         chosen = choose_under(budgets)
     report = empty_report("cipherdm")
@@ -177,6 +178,13 @@ class _Chosen:
     names: dict[str, str]                       # node name by output name
     errors: dict[str, float]                    # the chosen protocol's max error on the calibrated inputs
     est_bytes: dict[str, float]                 # the estimated bytes of every node's choice
+    est_rounds: dict[str, float]                # and its rounds
+
+    def est_cost(self, network: Network | None) -> dict[str, float]:
+        """Every node's estimated cost in what the choice ranks by: bytes, or seconds on ``network``."""
+        if network is None:
+            return dict(self.est_bytes)
+        return {k: network.seconds(b, self.est_rounds[k]) for k, b in self.est_bytes.items()}
 
     def rewritten_keys(self) -> list[str]:
         return [k for k in self.replacements if k in self.errors]
@@ -206,7 +214,7 @@ def _choose_all(canon, stats: dict[str, TensorStats], budgets: dict[str, float],
     used: list[protocols.Protocol] = []
     plain_used: list[protocols.Protocol] = []
     rewrites, declined = [], []
-    replacements, plain, op_of, names, errors, est_bytes = {}, {}, {}, {}, {}, {}
+    replacements, plain, op_of, names, errors, est_bytes, est_rounds = {}, {}, {}, {}, {}, {}, {}
     for entry in canon.canonical:
         node, op = entry.node, entry.pattern
         shape = view.shape(node.input[0])
@@ -229,7 +237,7 @@ def _choose_all(canon, stats: dict[str, TensorStats], budgets: dict[str, float],
         op_of[key] = op
         names[key] = node.name
         plain[key] = protocols.make_node(direct, node.input, key, node.name, **_op_attrs(op, entry.attrs))
-        est_bytes[key] = float(before.bytes)
+        est_bytes[key], est_rounds[key] = float(before.bytes), float(before.rounds)
         if choice.protocol is None:
             used.append(direct)
             replacements[key] = [plain[key]]
@@ -247,7 +255,7 @@ def _choose_all(canon, stats: dict[str, TensorStats], budgets: dict[str, float],
                                                      **_op_attrs(op, entry.attrs))]
         used.append(chosen)
         after = chosen.cost(shape, **cost_kw)
-        errors[key], est_bytes[key] = choice.error["max"], float(after.bytes)
+        errors[key], est_bytes[key], est_rounds[key] = choice.error["max"], float(after.bytes), float(after.rounds)
         # A softmax that came out of an Attention op is reported as that attention.
         origin = [expanded_from[n] for n in entry.original if n in expanded_from]
         rewrites.append({
@@ -268,7 +276,7 @@ def _choose_all(canon, stats: dict[str, TensorStats], budgets: dict[str, float],
         })
     out = with_replacements(canon.model, replacements, used)
     return _Chosen(out, rewrites, declined, knobs, canon.model, replacements, plain, op_of, used, plain_used,
-                   names, errors, est_bytes)
+                   names, errors, est_bytes, est_rounds)
 
 
 def _box_note(box, protocol) -> str:

@@ -37,21 +37,27 @@ class Relaxed:
 
 
 def relax(budgets: dict[str, float], start: float, target: float, error: float,
-          bytes_of: Callable[[dict[str, float]], dict[str, float]],
-          check: Callable[[dict[str, float]], float]) -> Relaxed:
-    """``bytes_of(budgets)``: the estimated bytes of every rewritten node's choice under these budgets;
-    ``check(budgets)``: the whole-model error of the graph chosen under them. ``error`` is the error under
-    ``budgets`` (within ``target``)."""
+          cost_of: Callable[[dict[str, float]], dict[str, float]],
+          check: Callable[[dict[str, float]], float],
+          bytes_of: Callable[[dict[str, float]], dict[str, float]] | None = None) -> Relaxed:
+    """``cost_of(budgets)``: the estimated cost of every rewritten node's choice under these budgets, in what the
+    choice ranks by (bytes, or with ``--network`` seconds on that link), so relax loosens what the choice would
+    call cheaper; ``bytes_of``: their bytes, for the report (default: the costs are bytes). ``check(budgets)``:
+    the whole-model error of the graph chosen under them. ``error`` is the error under ``budgets`` (within
+    ``target``)."""
+    bytes_of = bytes_of or cost_of
     state = Relaxed(dict(budgets), error)
     for _ in range(MAX_ROUNDS):
         looser = {k: min(start, b * TIGHTEN) for k, b in state.budgets.items() if b < start}
         if not looser:
             break
-        now = bytes_of(state.budgets)
-        after = bytes_of({**state.budgets, **looser})
+        now = cost_of(state.budgets)
+        after = cost_of({**state.budgets, **looser})
         savings = {k: now[k] - after[k] for k in looser if k in now and k in after and now[k] > after[k]}
         if not savings:
             break
+        now_bytes, after_bytes = bytes_of(state.budgets), bytes_of({**state.budgets, **looser})
+        saved_bytes = {k: now_bytes.get(k, 0.0) - after_bytes.get(k, 0.0) for k in savings}
         kept_any = False
         groups = [sorted(savings, key=lambda k: -savings[k])]
         while groups and state.checks < MAX_CHECKS:
@@ -60,7 +66,7 @@ def relax(budgets: dict[str, float], start: float, target: float, error: float,
             err = check(trial)
             state.checks += 1
             kept = err <= MARGIN * target
-            state.steps.append({"nodes": list(group), "est_bytes_saved": float(sum(savings[k] for k in group)),
+            state.steps.append({"nodes": list(group), "est_bytes_saved": float(sum(saved_bytes[k] for k in group)),
                                 "error": err, "kept": kept})
             if kept:
                 state.budgets, state.error, kept_any = trial, err, True

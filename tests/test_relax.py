@@ -51,3 +51,26 @@ def test_nothing_tightened_nothing_to_relax():
     error, bytes_of = _model(weights)
     state = relax({"a": START}, START, 1.0, error({"a": START}), bytes_of, error)
     assert state.checks == 0 and state.budgets == {"a": START}
+
+
+def test_relax_loosens_by_the_cost_the_choice_ranks_by():
+    """With --network the choice ranks by estimated seconds; relax must loosen what saves seconds, even where that
+    costs bytes (a looser budget that lets a node take a wider, fewer-round variant), and report the bytes."""
+    weights = {"saves_bytes": 0.5, "saves_rounds": 0.5}
+    error, _ = _model(weights)
+
+    def bytes_of(budgets):   # looser "saves_rounds" takes more bytes
+        return {"saves_bytes": 100.0 * START / budgets["saves_bytes"],
+                "saves_rounds": 100.0 * budgets["saves_rounds"] / START}
+
+    def seconds_of(budgets):  # ... and fewer rounds, which is what the link pays for
+        return {"saves_bytes": 0.0, "saves_rounds": START / budgets["saves_rounds"]}
+
+    budgets = {k: START / TIGHTEN for k in weights}
+    target = 0.0075 / MARGIN     # room to loosen one node, not both
+    state = relax(budgets, START, target, error(budgets), seconds_of, error, bytes_of)
+    assert state.budgets == {"saves_bytes": START / TIGHTEN, "saves_rounds": START}
+    (step,) = [s for s in state.steps if s["kept"]]
+    assert step["nodes"] == ["saves_rounds"] and step["est_bytes_saved"] == pytest.approx(-50.0)
+    by_bytes = relax(budgets, START, target, error(budgets), bytes_of, error)
+    assert by_bytes.budgets == {"saves_bytes": START, "saves_rounds": START / TIGHTEN}
