@@ -82,7 +82,8 @@ def rewrite_for_mpc(model: onnx.ModelProto, config: SecureConfig, mode: str = "c
                     public: tuple[str, ...] = (), calibration: list[dict] | None = None,
                     budget: float | None = None, calibration_source: str | None = None,
                     model_error: float | None = None, auto_fraction_bits: bool = False,
-                    network=None) -> RewriteResult:
+                    network=None, validation: list[dict] | None = None,
+                    validation_source: str | None = None) -> RewriteResult:
     """Run the MPC rewrite passes (``passes.pipeline``) and fold the SPU knobs they need into the config.
 
     ``mode == "direct"`` compiles the graph as it is, the baseline every rewrite is measured against; its report
@@ -92,7 +93,8 @@ def rewrite_for_mpc(model: onnx.ModelProto, config: SecureConfig, mode: str = "c
     model's float error by tightening the budgets where needed (passes/model_check.py). ``auto_fraction_bits``:
     the fixed-point fraction bits are chosen from the calibrated value range (passes/fixed_point.py), recorded in
     the report; without calibration the config's bits stay. ``network`` (a passes.network.Network): rank the
-    protocols by their estimated time on it instead of by bytes.
+    protocols by their estimated time on it instead of by bytes. ``validation`` (input dicts): held-out cases the
+    final rewritten graph's float error is measured on, for the report only.
     """
     from passes.pipeline import DEFAULT_BUDGET, DEFAULT_MODEL_ERROR, direct_report, rewrite
 
@@ -108,7 +110,8 @@ def rewrite_for_mpc(model: onnx.ModelProto, config: SecureConfig, mode: str = "c
         result = rewrite(model, public_inputs=set(public), calibration=calibration,
                          budget=DEFAULT_BUDGET if budget is None else budget, calibration_source=calibration_source,
                          model_error=DEFAULT_MODEL_ERROR if model_error is None else model_error,
-                         fraction_bits=int(config.fxp_bits), network=network)
+                         fraction_bits=int(config.fxp_bits), network=network, validation=validation,
+                         validation_source=validation_source)
     result.report.update(fixed_point_note)
     if result.knobs.runtime:
         config = config.with_runtime(**result.knobs.runtime)
@@ -231,11 +234,14 @@ def compile_model(model: onnx.ModelProto | str, *, input_shapes=None, public=(),
                   config: SecureConfig | None = None, name: str | None = None,
                   calibration: dict[str, np.ndarray] | None = None, budget: float | None = None,
                   calibration_source: str | None = None, model_error: float | None = None,
-                  auto_fraction_bits: bool = False, network=None) -> CompiledProgram:
+                  auto_fraction_bits: bool = False, network=None,
+                  validation: dict[str, np.ndarray] | None = None, validation_source: str | None = None
+                  ) -> CompiledProgram:
     """Load (a path or a ModelProto, with compiler.load_model), rewrite, lower and compile.
 
     ``public`` names the inputs every party knows; ``rewrites`` is "direct" (no MPC rewrites) or "cipherdm".
-    ``calibration`` maps input names to arrays of the input's shape or with a leading axis of cases.
+    ``calibration`` maps input names to arrays of the input's shape or with a leading axis of cases; so does
+    ``validation`` (held-out inputs: the report gives the rewritten graph's float error on them).
     """
     from compiler.loader import load_model
 
@@ -247,14 +253,14 @@ def compile_model(model: onnx.ModelProto | str, *, input_shapes=None, public=(),
     timings["load"] = time.perf_counter() - start
 
     config = config or SecureConfig()
-    cases = None
-    if calibration is not None:
-        from compiler.loader import graph_inputs
-        from compiler.lowering import spec_of
-        from passes.calibrate import split_cases
-        cases = split_cases(calibration, [spec_of(vi) for vi in graph_inputs(prepared)])
+    from compiler.loader import graph_inputs
+    from compiler.lowering import spec_of
+    from passes.calibrate import split_cases
+    specs = [spec_of(vi) for vi in graph_inputs(prepared)]
+    cases = None if calibration is None else split_cases(calibration, specs)
+    held_out = None if validation is None or rewrites == "direct" else split_cases(validation, specs, "validation data")
     rewritten = rewrite_for_mpc(prepared, config, rewrites, tuple(public), cases, budget, calibration_source,
-                                model_error, auto_fraction_bits, network)
+                                model_error, auto_fraction_bits, network, held_out, validation_source)
     config = rewritten.config
     timings["rewrite"] = time.perf_counter() - start - timings["load"]
 

@@ -34,7 +34,8 @@ class TensorStats:
         return {"low": self.low, "high": self.high, "cases": len(self.cases)}
 
 
-def split_cases(arrays: dict[str, np.ndarray], specs: list[TensorSpec]) -> list[dict[str, np.ndarray]]:
+def split_cases(arrays: dict[str, np.ndarray], specs: list[TensorSpec],
+                what: str = "calibration data") -> list[dict[str, np.ndarray]]:
     """calib.npz holds each input either at its exact shape (one case) or with a leading cases axis."""
     problems, counts = [], set()
     stacked = {}
@@ -55,7 +56,7 @@ def split_cases(arrays: dict[str, np.ndarray], specs: list[TensorSpec]) -> list[
     if len(counts) > 1:
         problems.append(f"inputs hold different numbers of cases: {sorted(counts)}")
     if problems:
-        raise CipherdmError("calibration data does not fit the model", problems)
+        raise CipherdmError(f"{what} does not fit the model", problems)
     count = counts.pop() if counts else 0
     return [{name: stacked[name][i].astype(spec.dtype) for name, spec in zip(stacked, specs)} for i in range(count)]
 

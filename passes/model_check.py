@@ -134,3 +134,14 @@ def tightened(budgets: dict[str, float], solo: dict[str, float], target: float,
     for key in picked:
         out[key] = max(min(budgets[key] / factor, chosen_error.get(key, budgets[key]) * 0.9), MIN_BUDGET)
     return out
+
+
+def validate(original: onnx.ModelProto, rewritten: onnx.ModelProto, cases: list[dict], target: float | None,
+             source: str | None = None) -> dict:
+    """The final rewritten graph's float error on inputs the choice never saw (the check tunes the budgets on the
+    calibration cases, so its error there is in-sample). Nothing is changed by it: it says how the target holds
+    out of sample. Per case, like the check: max |rewritten - float| / std(float)."""
+    errors = case_errors(run(rewritten, cases), run(original, cases))
+    worst = max(range(len(errors)), key=lambda i: errors[i])
+    return {"source": source, "cases": len(cases), "error": errors[worst], "worst_case": worst,
+            "per_case": errors, **({"met": errors[worst] <= target} if target else {})}

@@ -47,7 +47,8 @@ class PassResult:
 def rewrite(model: onnx.ModelProto, *, public_inputs=frozenset(), calibration: list[dict] | None = None,
             budget: float = DEFAULT_BUDGET, calibration_source: str | None = None,
             model_error: float | None = DEFAULT_MODEL_ERROR, fraction_bits: int | None = None,
-            network: Network | None = None) -> PassResult:
+            network: Network | None = None, validation: list[dict] | None = None,
+            validation_source: str | None = None) -> PassResult:
     """Rewrite every expensive nonlinear subgraph of ``model`` into the cheapest protocol within ``budget``.
 
     ``calibration`` is a list of input dicts (one per case); without it conservative ranges are used. With it and
@@ -55,7 +56,9 @@ def rewrite(model: onnx.ModelProto, *, public_inputs=frozenset(), calibration: l
     on the calibration cases and the budgets of the nodes that cause too large an error are tightened
     (passes/model_check.py). ``fraction_bits``: the program's fixed-point precision, which sets how far SPU's
     run of each protocol strays from its float emulation (measured per protocol at 18 and 22 bits). ``network``:
-    rank the protocols by their estimated time on it instead of by bytes (passes/network.py).
+    rank the protocols by their estimated time on it instead of by bytes (passes/network.py). ``validation``:
+    input dicts the choice does not see; the final graph's error on them goes into the report
+    (model_check.validate).
     """
     original = model
     model, attention_declined = expand_attention(_at_least_opset_18(model))
@@ -160,6 +163,9 @@ def rewrite(model: onnx.ModelProto, *, public_inputs=frozenset(), calibration: l
         for entry in report["model_estimate"].values():
             entry["seconds"] = network.seconds(entry["bytes"], entry["rounds"])
     onnx.checker.check_model(out)
+    if validation:
+        report["model_check"]["validation"] = model_check.validate(original, out, validation, model_error,
+                                                                   validation_source)
     return PassResult(out, report, chosen.knobs)
 
 

@@ -66,6 +66,13 @@ def render_markdown(report: dict) -> str:
     check = report.get("model_check") or {}
     if check:
         out += [f"Whole-model check: {check.get('note', '')}", ""]
+        held = check.get("validation")
+        if held:
+            verdict = "" if "met" not in held else (" (within the target)" if held["met"] else
+                                                   " (ABOVE the target: the choice was tuned on other inputs)")
+            out += [f"Held-out validation ({held.get('source') or 'validation inputs'}, {held['cases']} case(s), not "
+                    f"used by the choice): {held['error']:.3g} x output std at worst (case {held['worst_case']})"
+                    f"{verdict}; per case " + ", ".join(f"{e:.3g}" for e in held["per_case"]) + ".", ""]
         if check.get("attempts"):
             out += ["| attempt | nodes tightened | model error / std | nodes with the largest error of their own |",
                     "|---|---|---|---|"]

@@ -111,3 +111,27 @@ def test_case_of_a_trajectory_file(tmp_path, capsys):
     assert "case 3 is out of range: the file holds 3 (0..2)" in capsys.readouterr().err
     assert cli(["bench", str(tmp_path / "m.onnx"), "--case", "0"]) != 0
     assert "--case picks a case of --inputs, which is missing" in capsys.readouterr().err
+
+
+def test_held_out_cases_of_a_trajectory(tmp_path, capsys):
+    """Benchmarking one case of an inputs file with calibration data of its own: every case of the file is held
+    out from the choice, and the result says what the rewritten graph's float error is on them (checked against
+    onnxruntime on the program's own graph)."""
+    model, _ = secure_models.convnet(np.random.default_rng(1))
+    onnx.save(model, tmp_path / "m.onnx")
+    rng = np.random.default_rng(5)
+    for name, cases in (("traj", 4), ("calib", 3)):
+        np.savez(tmp_path / f"{name}.npz", x=rng.standard_normal((cases, 1, 3, 8, 8)).astype(np.float32),
+                 t=np.full((cases, 1), 2, np.int64))
+    out = tmp_path / "bench.json"
+    assert cli(["bench", str(tmp_path / "m.onnx"), "--inputs", str(tmp_path / "traj.npz"), "--case", "2",
+                "--calibration", str(tmp_path / "calib.npz"), "--public", "t", "--repeats", "1", "--json", str(out),
+                "-q"]) == 0
+    held = json.loads(out.read_text())["validation"]
+    assert held["cases"] == 4 and held["source"].endswith("traj.npz") and 0 <= held["worst_case"] < 4
+    assert held["met"] == (held["error"] <= 1e-2) and 0 < held["error"]
+    assert "held out" in capsys.readouterr().out
+    # in-sample (no calibration file): nothing is held out
+    assert cli(["bench", str(tmp_path / "m.onnx"), "--inputs", str(tmp_path / "traj.npz"), "--case", "2",
+                "--public", "t", "--repeats", "1", "--json", str(out), "-q"]) == 0
+    assert json.loads(out.read_text())["validation"] is None

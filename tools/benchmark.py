@@ -334,6 +334,7 @@ def run_benchmark(model_path, *, inputs: dict | None = None, inputs_source: str 
                   public: list[str] | None = None, calibration: dict | None = None,
                   calibration_source: str | None = None, budget: float | None = None,
                   model_error: float | None = None, mode: str = "sim",
+                  validation: dict | None = None, validation_source: str | None = None,
                   repeats: int = 3, top: int = 5, input_shapes=None, seed: int = 0,
                   knobs: list[tuple[str, dict]] | None = None,
                   log: Callable[[str], None] = lambda s: None) -> dict:
@@ -381,7 +382,9 @@ def run_benchmark(model_path, *, inputs: dict | None = None, inputs_source: str 
                                     budget=budget if rewrites == "cipherdm" else None,
                                     model_error=model_error if rewrites == "cipherdm" else None,
                                     auto_fraction_bits=rewrites == "cipherdm",
-                                    calibration_source=calibration_source)
+                                    calibration_source=calibration_source,
+                                    validation=validation if rewrites == "cipherdm" else None,
+                                    validation_source=validation_source)
             variants[key] = Variant(key, program, in_memory_artifact(program), time.perf_counter() - start)
             log(f"run {LABELS[key]} (profiled)")
             measured[key] = measure(variants[key])
@@ -421,6 +424,7 @@ def run_benchmark(model_path, *, inputs: dict | None = None, inputs_source: str 
         "inputs": {"source": inputs_source, **{s.name: {"shape": list(s.shape), "dtype": s.dtype,
                                                          "public": s.name in public} for s in specs}},
         "calibration": {"source": calibration_source, "cases": calib_cases}, "budget": budget, "model_error": model_error, "repeats": repeats,
+        "validation": _validation_summary(variants["cipherdm"].program.report),
         "timing": (f"median of {repeats} interleaved runs per program; " + (
             "unprofiled, the three in-process parties' SPU execution (memory links: no network latency)"
             if mode == "sim" else "the slowest party's SPU execution over localhost links, parties profiling")),
@@ -430,6 +434,14 @@ def run_benchmark(model_path, *, inputs: dict | None = None, inputs_source: str 
     }
     result["targets"] = targets(result)
     return result
+
+
+def _validation_summary(report: dict) -> dict | None:
+    """The rewritten graph's float error on the held-out cases (the compile's report), without the per-case list."""
+    held = (report.get("model_check") or {}).get("validation")
+    if not held:
+        return None
+    return {k: held[k] for k in ("source", "cases", "error", "worst_case", "met") if k in held}
 
 
 def configs_knobs(variant: Variant) -> dict:
@@ -591,6 +603,11 @@ def render_text(result: dict, markdown: bool = False) -> str:
     out.append(f"(2) knobs: {result['knob_search']['chosen']} {json.dumps(knobs)}; (3) knobs: "
                f"{json.dumps(cfg['cipherdm']['knobs'])}")
     out.append("float output std: " + ", ".join(f"{k} {v['std']:.4g}" for k, v in result["float"].items()))
+    held = result.get("validation")
+    if held:
+        out.append(f"held out ({held['source']}, {held['cases']} cases the choice did not see): the rewritten graph's "
+                   f"float error is at most {held['error']:.3g} x output std (case {held['worst_case']})"
+                   + ("" if "met" not in held else "" if held["met"] else ", above the whole-model bound"))
     out += ["", "knob search: " + result["knob_search"]["rule"]]
     rows = [[row["name"], row["stage"], _mib(row["total_bytes"]), str(row["rounds"]), f"{row['error_rel_std']:.3g}",
              "accepted" if row["accepted"] else "rejected: " + row["reason"]]

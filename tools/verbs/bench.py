@@ -45,7 +45,7 @@ def run(args) -> int:
 
     from pathlib import Path
 
-    problems, inputs, calibration = [], None, None
+    problems, inputs, calibration, every_case = [], None, None, None
     if args.error_budget is not None and not args.error_budget > 0:
         problems.append(f"--error-budget must be positive, got {args.error_budget}")
     if args.model_error is not None and not args.model_error >= 0:
@@ -64,6 +64,7 @@ def run(args) -> int:
             if what == "inputs":
                 inputs = data
                 if args.case is not None:
+                    every_case = data
                     try:
                         inputs = select_case(data, args.case, path)
                     except CipherdmError as exc:
@@ -81,7 +82,11 @@ def run(args) -> int:
             print(f"[bench] {line}", file=sys.stderr, flush=True)
 
     source = args.inputs if args.case is None else f"{args.inputs} (case {args.case})"
+    # With calibration data of its own, every case of the inputs file is held out: the report says how the
+    # whole-model target holds on them (on another sampling trajectory: every step), beyond the one case timed.
+    held_out = every_case if calibration is not None else None
     result = run_benchmark(args.model, inputs=inputs, inputs_source=source, public=args.public,
+                           validation=held_out, validation_source=args.inputs if held_out is not None else None,
                            calibration=calibration, calibration_source=args.calibration, budget=args.error_budget,
                            model_error=args.model_error, mode=args.mode, repeats=args.repeats, top=args.top,
                            input_shapes=parse_input_shapes(args.input_shape), log=log)

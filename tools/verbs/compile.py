@@ -25,6 +25,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--calibration", metavar="CALIB.npz",
                         help="inputs to calibrate the rewrites on, keyed by input name, each of the input's shape "
                              "or with a leading axis of cases (diffusion: inputs along a sampling trajectory)")
+    parser.add_argument("--validation", metavar="VALID.npz",
+                        help="held-out inputs (same layout as --calibration, e.g. another sampling trajectory): the "
+                             "report gives the rewritten model's float error on them, which the choice never saw")
     parser.add_argument("--error-budget", type=float, default=None, metavar="E",
                         help="max abs error per rewritten node on its calibrated inputs (default 1e-2)")
     parser.add_argument("--model-error", type=float, default=None, metavar="R",
@@ -61,9 +64,10 @@ def run(args) -> int:
     problems = []
     if weights_out.resolve() == Path(args.output).resolve():
         problems.append("--weights-out must differ from the program path: the weights never go into it")
-    if args.direct and (args.calibration or args.error_budget is not None or args.model_error is not None):
-        problems.append("--direct compiles without rewrites: --calibration, --error-budget and --model-error do "
-                        "not apply")
+    if args.direct and (args.calibration or args.validation or args.error_budget is not None
+                        or args.model_error is not None):
+        problems.append("--direct compiles without rewrites: --calibration, --validation, --error-budget and "
+                        "--model-error do not apply")
     if args.error_budget is not None and not args.error_budget > 0:
         problems.append(f"--error-budget must be positive, got {args.error_budget}")
     if args.model_error is not None and not args.model_error >= 0:
@@ -84,12 +88,13 @@ def run(args) -> int:
     if problems:
         raise CipherdmError("bad compile options", problems)
     calibration = load_npz(args.calibration, "calibration data") if args.calibration else None
+    validation = load_npz(args.validation, "validation data") if args.validation else None
     config = SecureConfig(args.protocol, args.field, DEFAULT_FXP_BITS if auto_bits else int(args.fxp_bits))
     program = compile_model(args.model, input_shapes=parse_input_shapes(args.input_shape), public=args.public,
                             rewrites="direct" if args.direct else "cipherdm", config=config,
                             calibration=calibration, budget=args.error_budget, calibration_source=args.calibration,
                             model_error=args.model_error, auto_fraction_bits=auto_bits and not args.direct,
-                            network=network)
+                            network=network, validation=validation, validation_source=args.validation)
     # Weights first: a program without its weights is useless to the owner, the reverse is harmless.
     write_weights(program.weights, weights_out)
     artifact = write_artifact(program, args.output)
@@ -109,4 +114,10 @@ def run(args) -> int:
         print(f"  rewrites: {totals['rewritten']} nodes rewritten, {totals['declined']} declined; estimated "
               f"nonlinear traffic {totals['est_bytes_before'] / 2**20:.1f} -> {totals['est_bytes_after'] / 2**20:.1f}"
               f" MiB; see `cipherdm report {args.output}`")
+    check = program.report.get("model_check") or {}
+    if check.get("checked"):
+        held = check.get("validation")
+        print(f"  whole-model float error: {check['error']:.3g} x output std on the calibration cases"
+              + (f", {held['error']:.3g} on the {held['cases']} validation case(s) (worst: case {held['worst_case']})"
+                 + ("" if held.get("met", True) else ": above the target") if held else ""))
     return 0
