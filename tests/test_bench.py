@@ -115,8 +115,8 @@ def test_case_of_a_trajectory_file(tmp_path, capsys):
 
 def test_held_out_cases_of_a_trajectory(tmp_path, capsys):
     """Benchmarking one case of an inputs file with calibration data of its own: every case of the file is held
-    out from the choice, and the result says what the rewritten graph's float error is on them (checked against
-    onnxruntime on the program's own graph)."""
+    out of the choice, and the result says what the rewritten graph's float error is on them (the compile's
+    validation, whose value test_compile_rewrites checks against onnxruntime)."""
     model, _ = secure_models.convnet(np.random.default_rng(1))
     onnx.save(model, tmp_path / "m.onnx")
     rng = np.random.default_rng(5)
