@@ -21,7 +21,7 @@ import jax
 import numpy as np
 import onnx
 
-from compiler.deallocation import OPTION, keep_all_values
+from compiler.deallocation import OPTION, drop_small_frees, keep_all_values
 from compiler.errors import CipherdmError
 from compiler.lowering import LoweredModel, TensorSpec, is_weight, lower
 from passes.prescale_activation import restore_divided_weights
@@ -199,9 +199,11 @@ def compile_stablehlo(text: str, args: list[ArgSpec], config: SecureConfig) -> b
 
     src = libspu.CompilationSource(libspu.SourceIRType.STABLEHLO, text, visibilities(args))
     try:
-        return api.compile(src, compiler_options(config))
+        code = api.compile(src, compiler_options(config))
     except Exception as exc:
         raise CompileError("SPU could not compile the program", [_short(exc)]) from exc
+    # SPU parses the text on every run: the frees of small values cost more there than they save
+    return code if config.compiler.get(OPTION) else drop_small_frees(code)
 
 
 def build_executable(name: str, input_names: list[str], output_names: list[str], code: bytes):
