@@ -334,9 +334,15 @@ class JaxBackend(Backend):
         dtype = self._dtype(powers[0])
         # One dot with a public vector: SPU multiplies locally and truncates once (a sum of public*secret
         # products would truncate once per term).
+        encoded = jnp.asarray(np.asarray([fxp_scale.nearest(float(c)) for c in coeffs[1:]], np.float64), dtype)
+        shape = jnp.shape(powers[0])
+        if len(powers) > 1 and len(shape) >= 1 and all(jnp.shape(p) == shape for p in powers):
+            # the powers joined along their first axis and viewed as [k, n]: two reshapes, where stacking them on
+            # a new last axis takes one per power (every op costs parse time on every run)
+            rows = jnp.reshape(jnp.concatenate(powers, axis=0), (len(powers), -1))
+            return jnp.reshape(encoded @ rows, shape) + jnp.asarray(coeffs[0], dtype)
         stacked = jnp.stack(powers, axis=-1)
-        encoded = np.asarray([fxp_scale.nearest(float(c)) for c in coeffs[1:]], np.float64)
-        return stacked @ jnp.asarray(encoded, dtype) + jnp.asarray(coeffs[0], dtype)
+        return stacked @ encoded + jnp.asarray(coeffs[0], dtype)
 
     def reduce_max(self, x, axis): return self.jnp.max(x, axis=axis, keepdims=True)
     def reduce_sum(self, x, axis, weight=1.0): return fxp_scale.weighted_sum(x, axis, True, weight)
@@ -365,12 +371,28 @@ class JaxBackend(Backend):
 
     def divide(self, a, b): return a / b
 
-    # batched ops: flatten, concatenate, one op, split back
-    def _split(self, flat, shapes):
+    # batched ops: join, one op, split back. Parts of one shape are joined along their first axis; others are
+    # flattened first. SPU parses and verifies every op of a program on every run (~0.9 us per byte of its text,
+    # compiler/deallocation.py), and the flattening costs two reshapes per part.
+    @staticmethod
+    def _along_first_axis(shapes) -> bool:
+        return len({tuple(s) for s in shapes}) == 1 and len(shapes[0]) >= 1
+
+    def _join(self, parts, shapes):
+        jnp = self.jnp
+        parts = [p if tuple(jnp.shape(p)) == tuple(s) else jnp.broadcast_to(p, s) for p, s in zip(parts, shapes)]
+        if self._along_first_axis(shapes):
+            return jnp.concatenate(parts, axis=0)
+        return jnp.concatenate([jnp.reshape(p, (-1,)) for p in parts])
+
+    def _split(self, joined, shapes):
         out, start = [], 0
+        if self._along_first_axis(shapes):
+            rows = int(shapes[0][0])
+            return [joined[i * rows:(i + 1) * rows] for i in range(len(shapes))]
         for shape in shapes:
             size = int(np.prod(shape, dtype=np.int64))
-            out.append(self.jnp.reshape(flat[start:start + size], shape))
+            out.append(self.jnp.reshape(joined[start:start + size], shape))
             start += size
         return out
 
@@ -380,18 +402,17 @@ class JaxBackend(Backend):
         jnp = self.jnp
         diffs = [(a - self._c(c, a)) if op == ">" else (self._c(c, a) - a) for a, op, c in items]
         shapes = [jnp.shape(d) for d in diffs]
-        flat = jnp.concatenate([jnp.reshape(d, (-1,)) for d in diffs])
-        return self._split(flat > self._c(0.0, flat), shapes)
+        joined = self._join(diffs, shapes)
+        return self._split(joined > self._c(0.0, joined), shapes)
 
     def select_many(self, items):
         if len(items) <= 1:
             return super().select_many(items)
         jnp = self.jnp
         shapes = [jnp.broadcast_shapes(jnp.shape(bit), jnp.shape(a)) for bit, a, _ in items]
-        bits = jnp.concatenate([jnp.reshape(jnp.broadcast_to(bit, s), (-1,)) for (bit, _, _), s in zip(items, shapes)])
-        ones = jnp.concatenate([jnp.reshape(jnp.broadcast_to(a, s), (-1,)) for (_, a, _), s in zip(items, shapes)])
-        zeros = jnp.concatenate([jnp.reshape(jnp.broadcast_to(self._c(0.0, a) if b is None else b, s), (-1,))
-                                 for (_, a, b), s in zip(items, shapes)])
+        bits = self._join([bit for bit, _, _ in items], shapes)
+        ones = self._join([a for _, a, _ in items], shapes)
+        zeros = self._join([self._c(0.0, a) if b is None else b for _, a, b in items], shapes)
         return self._split(jnp.where(bits, ones, zeros), shapes)
 
     def mul_many(self, pairs):
@@ -399,8 +420,8 @@ class JaxBackend(Backend):
             return super().mul_many(pairs)
         jnp = self.jnp
         shapes = [jnp.broadcast_shapes(jnp.shape(a), jnp.shape(b)) for a, b in pairs]
-        left = jnp.concatenate([jnp.reshape(jnp.broadcast_to(a, s), (-1,)) for (a, _), s in zip(pairs, shapes)])
-        right = jnp.concatenate([jnp.reshape(jnp.broadcast_to(b, s), (-1,)) for (_, b), s in zip(pairs, shapes)])
+        left = self._join([a for a, _ in pairs], shapes)
+        right = self._join([b for _, b in pairs], shapes)
         return self._split(left * right, shapes)
 
     def to_groups(self, x, num_groups):
