@@ -46,9 +46,9 @@ def keep_all_values(stablehlo: str, budget: int = KEEP_ALL_BYTES) -> bool:
 
 
 # The frees of the smallest values are dropped until those values together hold this much per party: they cost
-# parse time on every run and free next to nothing. On the trained base-4 MNIST U-Net 4086 of its 5211 frees
-# (225 of 915 KB of text) are of values up to 16K elements; without them a run took 5.89 s instead of 6.17 s
-# (medians of three, three in-process parties; SPU's parser was 13% of the run's samples in py-spy), and with no
+# parse time on every run and free next to nothing. On the trained base-4 MNIST U-Net (SPU's parser 13% of a run's
+# samples in py-spy) this drops 3278 of its 5211 frees, 177 of 915 KB of text, and a run took 5.63 s instead of
+# 5.83 s (medians of three side by side, three in-process parties); 256 MiB gave the same, 1 GiB 6.8 s, and no
 # frees at all 7.3 s (the whole program's values stay allocated).
 SMALL_VALUES_BYTES = 64 << 20
 
