@@ -24,6 +24,15 @@ OPTION = "disable_deallocation_insertion"
 _TENSOR = re.compile(r"tensor<([^>]*)>")
 
 
+def _elements(tensor_type: str) -> int | None:
+    """Elements of a tensor type's body ("2x3xf32", "8x2x!pphlo.secret<f32"; a scalar "f32": 1), None where a
+    dimension is not a number."""
+    dims = tensor_type.split("x")[:-1]
+    if not all(d.isdigit() for d in dims):
+        return None
+    return int(np.prod([int(d) for d in dims], dtype=np.int64))
+
+
 def value_elements(stablehlo: str) -> int:
     """Elements of every value the program's ops produce (the last tensor type on each ``%x = ...`` line is its
     result's; a value of several results counts its last)."""
@@ -34,9 +43,7 @@ def value_elements(stablehlo: str) -> int:
         types = _TENSOR.findall(line)
         if not types:
             continue
-        dims = types[-1].split("x")[:-1]   # "2x3xf32" -> ["2", "3"]; a scalar "f32" -> []
-        if all(d.isdigit() for d in dims):
-            total += int(np.prod([int(d) for d in dims], dtype=np.int64))
+        total += _elements(types[-1]) or 0
     return total
 
 
@@ -63,9 +70,9 @@ def drop_small_frees(code: bytes, budget: int = SMALL_VALUES_BYTES) -> bytes:
     frees = []
     for i, line in enumerate(lines):
         m = _FREE.match(line)
-        if m:
-            dims = re.findall(r"(\d+)x", m.group(1))
-            frees.append((int(np.prod([int(d) for d in dims], dtype=np.int64)) * SHARE_BYTES, i))
+        elements = _elements(m.group(1)) if m else None
+        if elements is not None:
+            frees.append((elements * SHARE_BYTES, i))
     dropped, held = set(), 0
     for size, i in sorted(frees):
         if held + size > budget:
