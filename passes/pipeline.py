@@ -123,8 +123,9 @@ def rewrite(model: onnx.ModelProto, *, public_inputs=frozenset(), calibration: l
             # the error is not monotone in the budgets: a later attempt can miss what an earlier one met
             kept_attempt = best[2]
         # the check aimed below the target; relax spends the slack where it saves the most bytes
+        # (ranked by bytes, the costs are the bytes: no second choice per step for the report)
         relaxed = relax(best[1], budget, model_error, best[0], lambda b: choose_under(b).est_cost(network), check,
-                        lambda b: choose_under(b).est_bytes)
+                        None if network is None else lambda b: choose_under(b).est_bytes)
         budgets = relaxed.budgets
         chosen = choose_under(budgets)
     report = empty_report("cipherdm")

@@ -45,7 +45,6 @@ def relax(budgets: dict[str, float], start: float, target: float, error: float,
     call cheaper; ``bytes_of``: their bytes, for the report (default: the costs are bytes). ``check(budgets)``:
     the whole-model error of the graph chosen under them. ``error`` is the error under ``budgets`` (within
     ``target``)."""
-    bytes_of = bytes_of or cost_of
     state = Relaxed(dict(budgets), error)
     for _ in range(MAX_ROUNDS):
         looser = {k: min(start, b * TIGHTEN) for k, b in state.budgets.items() if b < start}
@@ -56,8 +55,10 @@ def relax(budgets: dict[str, float], start: float, target: float, error: float,
         savings = {k: now[k] - after[k] for k in looser if k in now and k in after and now[k] > after[k]}
         if not savings:
             break
-        now_bytes, after_bytes = bytes_of(state.budgets), bytes_of({**state.budgets, **looser})
-        saved_bytes = {k: now_bytes.get(k, 0.0) - after_bytes.get(k, 0.0) for k in savings}
+        saved_bytes = savings
+        if bytes_of is not None:
+            now_bytes, after_bytes = bytes_of(state.budgets), bytes_of({**state.budgets, **looser})
+            saved_bytes = {k: now_bytes.get(k, 0.0) - after_bytes.get(k, 0.0) for k in savings}
         kept_any = False
         groups = [sorted(savings, key=lambda k: -savings[k])]
         while groups and state.checks < MAX_CHECKS:

@@ -607,7 +607,7 @@ def render_text(result: dict, markdown: bool = False) -> str:
     if held:
         out.append(f"held out ({held['source']}, {held['cases']} cases the choice did not see): the rewritten graph's "
                    f"float error is at most {held['error']:.3g} x output std (case {held['worst_case']})"
-                   + ("" if "met" not in held else "" if held["met"] else ", above the whole-model bound"))
+                   + ("" if held.get("met", True) else ", above the whole-model bound"))
     out += ["", "knob search: " + result["knob_search"]["rule"]]
     rows = [[row["name"], row["stage"], _mib(row["total_bytes"]), str(row["rounds"]), f"{row['error_rel_std']:.3g}",
              "accepted" if row["accepted"] else "rejected: " + row["reason"]]
